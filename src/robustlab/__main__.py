@@ -1,0 +1,3 @@
+from robustlab.cli import _entry
+
+_entry()

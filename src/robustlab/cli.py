@@ -1,0 +1,327 @@
+"""The ``robustlab`` command. Thin: parses, calls the API, prints.
+
+Importing this module must not import torch (``robustlab --help`` stays fast); every
+command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from robustlab.errors import RobustlabError
+
+app = typer.Typer(
+    name="robustlab",
+    help=(
+        "Train and evaluate the robustness of PyTorch classifiers: label noise, adversarial "
+        "attacks and training. Results go to a SQLite store (default ./robustlab-results, "
+        "or $ROBUSTLAB_RESULTS) and an offline HTML report."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ResultsOpt = typer.Option(None, "--results", "-r", help="Results folder (default: $ROBUSTLAB_RESULTS or ./robustlab-results).")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _store(results: Optional[Path]) -> Any:
+    from robustlab.experiments import ResultsStore
+
+    return ResultsStore(results)
+
+
+def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    from robustlab.report import results_table
+
+    table_rows = results_table(rows)
+    if not table_rows:
+        _console().print("(no runs)")
+        return
+    skip = {"id", "status", "dataset", "model", "objective", "loss", "noise kind", "noise rate"}
+    cols = [c for c in table_rows[0] if c not in skip]
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="left" if c == "name" else "right")
+    for r in table_rows:
+        t.add_row(*[_fmt(c, r.get(c)) for c in cols])
+    _console().print(t)
+
+
+def _fmt(col: str, v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if "accuracy" in col or col.startswith(("pgd", "fgsm")) or "eps=" in col or col in ("flip_rate", "ece"):
+            return f"{100 * v:.1f}" if col != "ece" else f"{v:.3f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _write_report(store: Any, rows: list[dict[str, Any]], out: Optional[Path], title: str, notes: list[str]) -> Path:
+    from robustlab.report import write_csv, write_json, write_report
+
+    path = out if out is not None else store.root / "report.html"
+    write_report(rows, path, title=title, notes=notes)
+    write_csv(rows, path.with_suffix(".csv"))
+    write_json(rows, path.with_suffix(".json"))
+    return path
+
+
+def _notes_for(rows: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    seen = set()
+    for r in rows:
+        d = ((r.get("metrics") or {}).get("data") or {}).get("train")
+        if d and d not in seen:
+            seen.add(d)
+            notes.append(f"Data: {d}")
+    notes.append(
+        "Robust accuracy counts a test point as robust if it is classified correctly and the "
+        "attack does not change its prediction; clean-misclassified points count as non-robust."
+    )
+    notes.append("Label noise, when present, is applied to the training labels only; test labels are clean.")
+    return notes
+
+
+# -- commands -------------------------------------------------------------------------------
+@app.command()
+def bench(
+    suite: str = typer.Option("bench", "--suite", "-s", help="Packaged suite name or a YAML file."),
+    results: Optional[Path] = ResultsOpt,
+    overrides: list[str] = typer.Argument(None, help="key=value overrides applied to every run, e.g. train.epochs=5"),
+    force: bool = typer.Option(False, "--force", help="Re-run finished configs."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report path (default: <results>/report.html)."),
+) -> None:
+    """Run the default benchmark suite on the embedded digits data and write the report."""
+    import time
+
+    from robustlab.experiments import load_suite, packaged_config, run_suite
+
+    path = Path(suite) if suite.endswith((".yaml", ".yml")) else packaged_config(suite)
+    s = load_suite(path)
+    store = _store(results)
+    con = _console()
+    n = len(s.expand(overrides or []))
+    con.print(f"[bold]robustlab bench[/]: suite {s.suite!r}, {n} runs, results in {store.root}")
+    t0 = time.perf_counter()
+
+    def on_run(i: int, total: int, cfg: Any, rec: Any) -> None:
+        acc = (rec.metrics or {}).get("clean_accuracy")
+        accs = "—" if acc is None else f"{100 * acc:.1f}%"
+        con.print(f"  [{i + 1}/{total}] {cfg.label()}: clean accuracy {accs} ({rec.duration_s or 0:.1f}s)")
+
+    records = run_suite(s, store, overrides=overrides or [], force=force, on_run=on_run)
+    rows = [r.to_dict() for r in records]
+    _print_table(rows, title=f"suite {s.suite}")
+    out = _write_report(store, rows, report, s.report.get("title", f"robustlab {s.suite}"), [s.description.strip(), *_notes_for(rows)])
+    con.print(f"wall time {time.perf_counter() - t0:.1f}s")
+    con.print(f"report: {out.resolve()}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment or suite YAML file."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. noise.rate=0.4 train.epochs=10"),
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run even if this config already finished."),
+) -> None:
+    """Run one experiment (or a suite) from a YAML config; finished configs are skipped."""
+    from robustlab.experiments import load_suite, run_suite
+
+    s = load_suite(config)
+    store = _store(results)
+    records = run_suite(s, store, overrides=overrides or [], force=force)
+    _print_table([r.to_dict() for r in records])
+    for r in records:
+        _console().print(f"run {r.id[:10]} {r.status}: artifacts in {store.root / 'artifacts' / r.id}")
+
+
+@app.command()
+def train(
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
+    model: str = typer.Option("mlp", help="Model name (robustlab ls models)."),
+    loss: str = typer.Option("ce", help="Loss name (robustlab ls losses)."),
+    objective: str = typer.Option("erm", help="Objective name (robustlab ls objectives)."),
+    noise: Optional[str] = typer.Option(None, help="Label noise as KIND:RATE, e.g. symmetric:0.4."),
+    epochs: int = typer.Option(20),
+    lr: float = typer.Option(0.05),
+    batch_size: int = typer.Option(128),
+    seed: int = typer.Option(0),
+    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy the trained weights here (.safetensors)."),
+    results: Optional[Path] = ResultsOpt,
+    overrides: list[str] = typer.Argument(None, help="Further key=value overrides."),
+) -> None:
+    """Train one model (stored as a run) and optionally copy its weights to --out."""
+    import shutil
+
+    from robustlab.errors import ConfigError
+    from robustlab.experiments import make_config, run_experiment
+
+    tree: dict[str, Any] = {
+        "seed": seed,
+        "data": {"name": data, "root": root},
+        "model": {"name": model},
+        "train": {"objective": objective, "loss": {"name": loss}, "epochs": epochs, "lr": lr, "batch_size": batch_size},
+    }
+    if noise:
+        kind, _, rate = noise.partition(":")
+        try:
+            tree["noise"] = {"kind": kind, "rate": float(rate or 0)}
+        except ValueError:
+            raise ConfigError(f"--noise must look like KIND:RATE (e.g. symmetric:0.4), got {noise!r}.") from None
+    cfg = make_config(tree, overrides or [])
+    store = _store(results)
+    rec = run_experiment(cfg, store)
+    weights = store.root / "artifacts" / rec.id / "model.safetensors"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, out)
+        weights = out
+    _print_table([rec.to_dict()])
+    _console().print(f"weights: {weights}")
+
+
+def _eps_list(values: list[str]) -> list[float]:
+    from robustlab.attacks import parse_eps
+
+    return [parse_eps(v) for v in values]
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="Weights saved by robustlab (.safetensors)."),
+    data: str = typer.Option("digits", help="Dataset name."),
+    split: str = typer.Option("test"),
+    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    attack: str = typer.Option("pgd", help="Attack name (robustlab ls attacks)."),
+    norm: str = typer.Option("linf"),
+    eps: list[str] = typer.Option(["0.1"], help="Budget(s); repeat the option; fractions like 8/255 work."),
+    steps: int = typer.Option(20, help="Attack iterations (for iterative attacks)."),
+    subset: Optional[int] = typer.Option(None, help="Attack only this many test points."),
+    factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Evaluate saved weights: clean accuracy, calibration and robust accuracy."""
+    from robustlab import data as data_mod
+    from robustlab.evaluate import EvaluationSpec, evaluate_model
+    from robustlab.models import load_model
+
+    net = load_model(model, factory=factory)
+    ds = data_mod.load(data, split, root=root, seed=seed)
+    params = {"steps": steps} if attack in ("pgd",) else {}
+    spec = EvaluationSpec(attack, norm, _eps_list(eps), params, subset)
+    metrics, _ = evaluate_model(net, ds, [spec], seed=seed)
+    con = _console()
+    con.print(f"{ds.name} {split} ({len(ds)} points): clean accuracy {100 * metrics['clean_accuracy']:.2f}%, ECE {metrics['ece']:.4f}")
+    for r in metrics["robust"]:
+        con.print(f"  {r['attack']} {r['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['accuracy']:.2f}% on {r['num_points']} points")
+
+
+_FAMILIES = ("datasets", "models", "losses", "attacks", "objectives", "noise", "schedules")
+
+
+@app.command("ls")
+def ls_(family: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(_FAMILIES)}."), pattern: str = typer.Option("*", help="Shell-style filter, e.g. '*resnet*'.")) -> None:
+    """List what is registered (datasets, models, losses, attacks, objectives, ...)."""
+    from robustlab.errors import UnknownNameError
+    from robustlab.registry import close_matches
+
+    fams = _FAMILIES if family is None else (family,)
+    for fam in fams:
+        if fam not in _FAMILIES:
+            near = close_matches(fam, _FAMILIES)
+            hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+            raise UnknownNameError(f"unknown family {fam!r}.{hint} Available: {', '.join(_FAMILIES)}.")
+        names = _family_names(fam, pattern)
+        _console().print(f"[bold]{fam}[/]: {', '.join(names)}")
+
+
+def _family_names(fam: str, pattern: str) -> list[str]:
+    import fnmatch
+
+    if fam == "datasets":
+        from robustlab.data import available
+    elif fam == "models":
+        from robustlab.models import available
+    elif fam == "losses":
+        from robustlab.losses import available
+    elif fam == "attacks":
+        from robustlab.attacks import available
+    elif fam == "objectives":
+        from robustlab.train import available
+    elif fam == "noise":
+        from robustlab.data.noise import available
+    else:
+        from robustlab.train.schedules import SCHEDULES
+
+        return [s for s in SCHEDULES if fnmatch.fnmatch(s, pattern)]
+    return available(pattern)
+
+
+@app.command()
+def runs(
+    results: Optional[Path] = ResultsOpt,
+    suite: Optional[str] = typer.Option(None, help="Only runs of this suite."),
+    status: Optional[str] = typer.Option(None, help="running | done | failed"),
+) -> None:
+    """List stored runs with their main metrics."""
+    store = _store(results)
+    recs = store.list(suite=suite, status=status)
+    _print_table([r.to_dict() for r in recs], title=str(store.db_path))
+    failed = [r for r in recs if r.status != "done"]
+    for r in failed:
+        first = (r.error or "").splitlines()[0] if r.error else ""
+        _console().print(f"  {r.id[:10]} {r.status}: {r.name} {first}")
+
+
+@app.command()
+def report(
+    results: Optional[Path] = ResultsOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML path (default: <results>/report.html); .csv and .json are written beside it."),
+    suite: Optional[str] = typer.Option(None, help="Only runs of this suite."),
+    title: str = typer.Option("robustlab report"),
+) -> None:
+    """Write the offline HTML report (plus CSV and JSON) from the results store."""
+    store = _store(results)
+    rows = [r.to_dict() for r in store.list(suite=suite)]
+    path = _write_report(store, rows, out, title, _notes_for(rows))
+    _console().print(f"report: {path.resolve()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: RobustlabError -> one clear line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RobustlabError as exc:
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted; rerun the same command to resume.")
+        return 130
+    return 0
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _entry()

@@ -1,0 +1,305 @@
+"""The experiment config: data, noise, model, training, evaluation, seed.
+
+Configs load from YAML and accept dotted ``key=value`` overrides (values parsed as
+YAML, so ``noise.rate=0.4``, ``train.epochs=20``, ``evaluate.attacks[0].eps=[0.1,0.2]``
+and ``noise=null`` all work). Unknown keys are refused with the closest valid names.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robustlab.errors import ConfigError
+from robustlab.registry import close_matches
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset (a name from ``robustlab ls datasets``) and how to read it."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class NoiseConfig(_Strict):
+    """Label noise applied to the *training* labels (see ``robustlab.data.noise``)."""
+
+    kind: str = "symmetric"
+    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    exact: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Strict):
+    name: str = "ce"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    """Trainer settings; ``objective`` is a name from ``robustlab ls objectives``."""
+
+    objective: str = "erm"
+    objective_params: dict[str, Any] = Field(default_factory=dict)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: str = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: str = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    amp: bool | str = False
+    device: str = "cpu"
+
+
+class AttackConfig(_Strict):
+    """One attack evaluated at one or several eps (fractions such as ``8/255`` allowed)."""
+
+    name: str = "pgd"
+    norm: str = "linf"
+    eps: list[float] = Field(default_factory=lambda: [0.1])
+    params: dict[str, Any] = Field(default_factory=dict)
+    subset: int | None = Field(None, ge=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, v: Any) -> Any:
+        from robustlab.attacks.threat import parse_eps
+
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return [parse_eps(e) for e in items]
+
+
+class EvaluateConfig(_Strict):
+    attacks: list[AttackConfig] = Field(default_factory=list)
+    batch_size: int = Field(512, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """A whole run. Its hash (of the resolved config) keys the run in the results store."""
+
+    name: str = ""
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    noise: NoiseConfig | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """sha256 of the canonical JSON of the resolved config."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def label(self) -> str:
+        """The run's name, or one built from its main choices."""
+        if self.name:
+            return self.name
+        noise = "clean" if self.noise is None or self.noise.rate == 0 else f"{self.noise.kind}{self.noise.rate:g}"
+        return f"{self.data.name}/{self.model.name}/{self.train.objective}-{self.train.loss.name}/{noise}"
+
+
+# -- building configs --------------------------------------------------------------------
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _path_tokens(key: str) -> list[str | int]:
+    tokens: list[str | int] = []
+    pos = 0
+    for m in _TOKEN.finditer(key):
+        if m.start() != pos and key[pos:m.start()] != ".":
+            raise ConfigError(f"cannot read override key {key!r}; write it like train.epochs or evaluate.attacks[0].eps.")
+        tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if not tokens:
+        raise ConfigError(f"empty override key in {key!r}.")
+    return tokens
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][0][c] = value`` for ``key = "a.b[0].c"`` (creating dicts)."""
+    tokens = _path_tokens(key)
+    node: Any = tree
+    for i, tok in enumerate(tokens[:-1]):
+        nxt = tokens[i + 1]
+        if isinstance(tok, int):
+            if not isinstance(node, list) or tok >= len(node):
+                raise ConfigError(f"override {key!r}: index [{tok}] does not exist.")
+            node = node[tok]
+            continue
+        if node.get(tok) is None:
+            node[tok] = [] if isinstance(nxt, int) else {}
+        node = node[tok]
+    last = tokens[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"override {key!r}: index [{last}] does not exist.")
+        node[last] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """Parse ``["train.epochs=5", "noise=null"]`` into ``[(key, value), ...]`` (YAML values)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=5).")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (None replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            # find the valid field names at that level
+            fields: Iterable[str] = []
+            sub: Any = model
+            for p in err["loc"][:-1]:
+                if isinstance(p, str) and hasattr(sub, "model_fields") and p in sub.model_fields:
+                    ann = sub.model_fields[p].annotation
+                    args = getattr(ann, "__args__", ())
+                    sub = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+                    if sub is None:
+                        break
+            if sub is not None and hasattr(sub, "model_fields"):
+                fields = list(sub.model_fields)
+            near = close_matches(str(err["loc"][-1]), fields)
+            hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+            lines.append(f"unknown config key {loc!r}.{hint} Valid keys here: {', '.join(fields)}.")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("invalid experiment config:\n  " + "\n  ".join(lines))
+
+
+def make_config(tree: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Validate a config tree (plus ``key=value`` overrides) into an :class:`ExperimentConfig`."""
+    data = copy.deepcopy(dict(tree or {}))
+    for key, value in parse_overrides(overrides):
+        set_dotted(data, key, value)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, ExperimentConfig) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {p} as YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p} must hold a mapping at the top level.")
+    return tree
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read one experiment config from YAML and apply overrides."""
+    return make_config(read_yaml(path), overrides)
+
+
+# -- suites ------------------------------------------------------------------------------
+class Suite(_Strict):
+    """Several runs: a ``base`` config, a list of ``runs`` (each deep-merged into the
+    base), and/or a ``grid`` of dotted keys to value lists (cartesian product applied to
+    every run)."""
+
+    suite: str = "suite"
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    runs: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+    def expand(self, overrides: Iterable[str] = ()) -> list[ExperimentConfig]:
+        """All experiment configs of the suite (overrides apply to every run)."""
+        overrides = list(overrides)
+        keys = list(self.grid)
+        combos = list(itertools.product(*(self.grid[k] for k in keys))) or [()]
+        out = []
+        for run in self.runs or [{}]:
+            for combo in combos:
+                tree = deep_merge(self.base, run)
+                for k, v in zip(keys, combo):
+                    set_dotted(tree, k, v)
+                cfg = make_config(tree, overrides)
+                if keys and run.get("name"):
+                    suffix = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
+                    cfg = cfg.model_copy(update={"name": f"{run['name']}[{suffix}]"})
+                out.append(cfg)
+        return out
+
+
+def load_suite(path: str | Path) -> Suite:
+    tree = read_yaml(path)
+    if "base" not in tree and "runs" not in tree and "grid" not in tree:
+        # a single experiment file is a suite of one run
+        tree = {"suite": Path(path).stem, "base": tree}
+    try:
+        return Suite.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, Suite) from None
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped with robustlab (``bench`` -> ``configs/bench.yaml``)."""
+    from importlib.resources import files
+
+    p = Path(str(files("robustlab") / "configs" / f"{name}.yaml"))
+    if not p.exists():
+        shipped = sorted(q.stem for q in p.parent.glob("*.yaml"))
+        near = close_matches(name, shipped)
+        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise ConfigError(f"no packaged config {name!r}.{hint} Shipped: {', '.join(shipped)}.")
+    return p

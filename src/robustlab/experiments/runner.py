@@ -1,0 +1,205 @@
+"""Run experiments: data -> noise -> model -> Trainer -> evaluation -> results store.
+
+>>> from robustlab.experiments import make_config, run_experiment, ResultsStore
+>>> cfg = make_config({"data": {"name": "digits"}}, ["noise.rate=0.4", "train.epochs=10"])
+>>> record = run_experiment(cfg, ResultsStore("results"))
+>>> record.metrics["clean_accuracy"]
+
+A finished config is a no-op on rerun; an interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustlab import __version__
+from robustlab._atomic import atomic_path
+from robustlab.experiments.config import ExperimentConfig, Suite
+from robustlab.experiments.store import ResultsStore, RunRecord
+
+log = logging.getLogger("robustlab.experiments")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of robustlab and the libraries that decide its numbers."""
+    import numpy
+    import scipy
+    import sklearn
+
+    return {
+        "robustlab": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def git_sha() -> str | None:
+    """The git commit of the robustlab source tree, if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def prepare_data(cfg: ExperimentConfig) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """Load train/test (and a validation split), apply label noise to train only."""
+    from robustlab import data
+
+    opts = dict(cfg.data.options)
+    train = data.load(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download, seed=cfg.seed, **opts)
+    test = data.load(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download, seed=cfg.seed, **opts)
+    val = None
+    if cfg.data.val_fraction > 0:
+        tr_idx, va_idx = data.stratified_split(train.y, cfg.data.val_fraction, seed=cfg.seed)
+        train, val = train.subset(tr_idx), train.subset(va_idx)
+    noise_info = None
+    if cfg.noise is not None:
+        options = dict(cfg.noise.options)
+        if cfg.noise.kind == "instance" and "features" not in options:
+            options["features"] = train.x.reshape(len(train), -1)
+        res = data.noise.corrupt_labels(
+            train.y, cfg.noise.kind, cfg.noise.rate, train.num_classes, seed=cfg.seed,
+            exact=cfg.noise.exact, **options,
+        )
+        train = train.with_labels(res.noisy_labels)
+        noise_info = res.to_dict()
+    return train, val, test, noise_info
+
+
+def build_objective(cfg: ExperimentConfig) -> Any:
+    """The configured objective; objectives that take a ``loss`` get the configured one."""
+    import inspect
+
+    from robustlab import losses, train as train_mod
+
+    params = dict(cfg.train.objective_params)
+    factory = train_mod.objectives.get(cfg.train.objective)
+    if "loss" in inspect.signature(factory).parameters and "loss" not in params:
+        params["loss"] = losses.create(cfg.train.loss.name, reduction="none", **cfg.train.loss.params)
+    return train_mod.create(cfg.train.objective, **params)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    store: ResultsStore,
+    *,
+    suite: str | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+) -> RunRecord:
+    """Run one experiment and store it. Returns the stored record.
+
+    A config whose run is already ``done`` is not run again (unless ``force``). A run
+    that was interrupted (status ``running``/``failed``) resumes from the checkpoint in
+    its artifacts folder.
+    """
+    from robustlab import models, train as train_mod
+    from robustlab.evaluate import EvaluationSpec, evaluate_model
+
+    run_id = cfg.hash()
+    existing = store.get(run_id)
+    if existing is not None and existing.status == "done" and not force:
+        log.info("run %s (%s) is already done; skipping", run_id[:10], cfg.label())
+        return existing
+    art = store.artifact_dir(run_id)
+    if force and (art / "train" / "last.pt").exists():
+        (art / "train" / "last.pt").unlink()
+    store.start(run_id, cfg.label(), cfg.to_dict(), suite=suite, versions=package_versions(), git_sha=git_sha())
+    t0 = time.perf_counter()
+    try:
+        train_set, val_set, test_set, noise_info = prepare_data(cfg)
+        with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is restored
+            torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
+            model = models.for_dataset(cfg.model.name, train_set, **cfg.model.params)
+        objective = build_objective(cfg)
+        t = cfg.train
+        trainer = train_mod.Trainer(
+            model, objective, epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
+            momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
+            warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma, grad_clip=t.grad_clip,
+            amp=t.amp, ema_decay=t.ema_decay, seed=cfg.seed, device=t.device,
+            checkpoint_dir=art / "train", progress=progress,
+        )
+        t_train = time.perf_counter()
+        history = trainer.fit(train_set, val_set)
+        train_seconds = time.perf_counter() - t_train
+        model = model.cpu()
+        models.save_model(model, art / "model.safetensors")
+        specs = [EvaluationSpec(a.name, a.norm, a.eps, dict(a.params), a.subset) for a in cfg.evaluate.attacks]
+        metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size)
+        with atomic_path(art / "records.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **records)
+        metrics.update(
+            {
+                "train_seconds": train_seconds,
+                "history": history,
+                "resumed_from_epoch": trainer.resumed_from_epoch,
+                "noise": noise_info,
+                "data": {
+                    "train": getattr(train_set, "description", ""),
+                    "num_train": len(train_set),
+                    "num_val": 0 if val_set is None else len(val_set),
+                    "num_test": len(test_set),
+                },
+                "final_train_accuracy_noisy_labels": history[-1].get("train_accuracy") if history else None,
+            }
+        )
+        store.finish(run_id, _jsonable(metrics), time.perf_counter() - t0)
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        store.fail(run_id, reason + "\n" + traceback.format_exc(limit=5))
+        raise
+    record = store.get(run_id)
+    assert record is not None
+    return record
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def run_suite(
+    suite: Suite,
+    store: ResultsStore,
+    *,
+    overrides: Iterable[str] = (),
+    force: bool = False,
+    progress: bool | None = None,
+    on_run: Callable[[int, int, ExperimentConfig, RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Run every config of ``suite`` (skipping finished ones) and return their records."""
+    configs = suite.expand(overrides)
+    out = []
+    for i, cfg in enumerate(configs):
+        rec = run_experiment(cfg, store, suite=suite.suite, force=force, progress=progress)
+        out.append(rec)
+        if on_run is not None:
+            on_run(i, len(configs), cfg, rec)
+    return out

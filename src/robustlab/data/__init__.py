@@ -4,7 +4,8 @@
 >>> train = data.load("digits", split="train")
 >>> train.x.shape, train.num_classes
 (torch.Size([1437, 1, 8, 8]), 10)
->>> noisy, info = data.noise.corrupt_labels(train.y, "symmetric", 0.4, 10, seed=0)
+>>> res = data.noise.corrupt_labels(train.y, "symmetric", 0.4, 10, seed=0)
+>>> noisy_train = train.with_labels(res.noisy_labels)   # res.flip_rate, res.transition
 """
 
 from __future__ import annotations

@@ -185,10 +185,19 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (None replaces)."""
+    """Recursively merge ``update`` into a copy of ``base`` (None replaces).
+
+    A section that names a different registry entry than the base (``model: {name:
+    mnist_net}`` over ``model: {name: mlp, params: {hidden: [256]}}``) replaces the base
+    section instead of merging into it, so one model's parameters never leak into another.
+    """
     out = copy.deepcopy(dict(base))
     for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        renamed = (
+            isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+            and "name" in v and v["name"] != out[k].get("name")
+        )
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and not renamed:
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from robustlab import __version__
 from robustlab._atomic import atomic_path
+from robustlab.attacks import ThreatModel
 from robustlab.experiments.config import ExperimentConfig, Suite
 from robustlab.experiments.store import ResultsStore, RunRecord
 
@@ -84,6 +86,30 @@ def prepare_data(cfg: ExperimentConfig) -> tuple[Any, Any, Any, dict[str, Any] |
     return train, val, test, noise_info
 
 
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Check every registry name and parameter of ``cfg`` before anything runs or is stored."""
+    from robustlab import data, losses, models, train as train_mod
+    from robustlab.attacks import attacks
+    from robustlab.registry import check_params
+
+    data.datasets.get(cfg.data.name)
+    models.models.get(cfg.model.name)
+    factory = losses.losses.get(cfg.train.loss.name)
+    check_params(factory.__init__, cfg.train.loss.params, what=f"loss {cfg.train.loss.name!r}")
+    obj = train_mod.objectives.get(cfg.train.objective)
+    check_params(obj.__init__ if isinstance(obj, type) else obj, cfg.train.objective_params,
+                 what=f"objective {cfg.train.objective!r}")
+    if cfg.noise is not None:
+        data.noise.noise_models.get(cfg.noise.kind)
+    for a in cfg.evaluate.attacks:
+        atk = attacks.get(a.name)
+        check_params(atk.__init__, a.params, what=f"attack {a.name!r}")
+        for e in a.eps:
+            ThreatModel(a.norm, e)
+    train_mod.Trainer(nn.Identity(), epochs=cfg.train.epochs, optimizer=cfg.train.optimizer,
+                      schedule=cfg.train.schedule, lr=cfg.train.lr, warmup_epochs=cfg.train.warmup_epochs)
+
+
 def build_objective(cfg: ExperimentConfig) -> Any:
     """The configured objective; objectives that take a ``loss`` get the configured one."""
     import inspect
@@ -114,6 +140,7 @@ def run_experiment(
     from robustlab import models, train as train_mod
     from robustlab.evaluate import EvaluationSpec, evaluate_model
 
+    validate_config(cfg)
     run_id = cfg.hash()
     existing = store.get(run_id)
     if existing is not None and existing.status == "done" and not force:

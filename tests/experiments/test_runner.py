@@ -1,0 +1,95 @@
+"""End to end on the embedded digits data: store, no-op rerun, exact resume, refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from robustlab.errors import ConfigError, UnknownNameError
+from robustlab.experiments import ResultsStore, make_config, run_experiment
+from robustlab.models import load_model
+
+TINY = [
+    "model.params.hidden=[32]",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "evaluate.attacks=[{name: pgd, norm: linf, eps: [0.05, 0.1], params: {steps: 3}, subset: 60}]",
+]
+
+
+def test_run_stores_metrics_artifacts_and_rerun_is_noop(tmp_path):
+    store = ResultsStore(tmp_path)
+    cfg = make_config({"noise": {"kind": "symmetric", "rate": 0.4}}, TINY)
+    rec = run_experiment(cfg, store, progress=False)
+    assert rec.status == "done" and rec.id == cfg.hash()
+    m = rec.metrics
+    assert 0.0 <= m["clean_accuracy"] <= 1.0 and len(m["per_class_accuracy"]) == 10
+    assert [r["eps"] for r in m["robust"]] == pytest.approx([0.05, 0.1])
+    assert all(r["num_points"] == 60 for r in m["robust"])
+    assert m["noise"]["kind"] == "symmetric" and abs(m["noise"]["flip_rate"] - 0.4) < 0.05
+    assert len(m["history"]) == 3
+    art = tmp_path / "artifacts" / rec.id
+    records = np.load(art / "records.npz")
+    assert records["label"].shape == (360,)
+    assert (records["robust/pgd/linf/0.05"] >= 0).sum() == 60
+    model = load_model(art / "model.safetensors")
+    assert model.num_classes == 10
+    again = run_experiment(cfg, store, progress=False)
+    assert again.attempts == 1 and again.finished_at == rec.finished_at
+    assert len(store) == 1
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from robustlab.train import trainer as trainer_mod
+
+    cfg = make_config({}, TINY + ["train.epochs=4"])
+    ref = run_experiment(cfg, ResultsStore(tmp_path / "ref"), progress=False)
+
+    original = trainer_mod.Trainer.save_checkpoint
+
+    def save_then_die(self, epoch):
+        original(self, epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", save_then_die)
+    store = ResultsStore(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, store, progress=False)
+    row = store.get(cfg.hash())
+    assert row.status == "failed" and row.error.startswith("interrupted") and row.metrics is None
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", original)
+    rec = run_experiment(cfg, store, progress=False)
+    assert rec.status == "done" and rec.metrics["resumed_from_epoch"] == 2 and rec.attempts == 2
+    a = load_model(tmp_path / "ref" / "artifacts" / ref.id / "model.safetensors").state_dict()
+    b = load_model(tmp_path / "cut" / "artifacts" / rec.id / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rec.metrics["clean_accuracy"] == ref.metrics["clean_accuracy"]
+    assert rec.metrics["robust"] == ref.metrics["robust"]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    cfg = make_config({}, TINY)
+    a = run_experiment(cfg, ResultsStore(tmp_path / "a"), progress=False)
+    b = run_experiment(cfg, ResultsStore(tmp_path / "b"), progress=False)
+    assert a.metrics["clean_accuracy"] == b.metrics["clean_accuracy"]
+    assert a.metrics["robust"] == b.metrics["robust"]
+    assert a.metrics["history"][-1]["train_loss"] == b.metrics["history"][-1]["train_loss"]
+
+
+@pytest.mark.parametrize(
+    "override,error,match",
+    [
+        ("data.name=digitz", UnknownNameError, "digits"),
+        ("model.name=mlpp", UnknownNameError, "mlp"),
+        ("train.loss.name=c", UnknownNameError, "ce"),
+        ("evaluate.attacks[0].name=pgdd", UnknownNameError, "pgd"),
+        ("evaluate.attacks[0].params.stpes=3", ConfigError, "steps"),
+        ("train.schedule=cosin", ConfigError, "cosine"),
+    ],
+)
+def test_bad_config_refused_before_anything_is_stored(tmp_path, override, error, match):
+    store = ResultsStore(tmp_path)
+    cfg = make_config({}, TINY + [override])
+    with pytest.raises(error, match=match):
+        run_experiment(cfg, store, progress=False)
+    assert len(store) == 0

@@ -1,0 +1,57 @@
+"""The command line: --help without torch, errors as one line with exit code 2, bench end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robustlab.cli import main
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from robustlab.cli import app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    helped = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0
+    for cmd in ("bench", "run", "train", "evaluate", "ls", "runs", "report"):
+        assert cmd in helped.stdout
+
+
+def test_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert main(["ls", "lossses"]) == 2
+    err = capsys.readouterr().err
+    assert "losses" in err and "Traceback" not in err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {epochs: 1}\n")
+    assert main(["run", str(cfg), "train.epoch=2", "--results", str(tmp_path / "r")]) == 2
+    assert "'epochs'" in capsys.readouterr().err
+    assert main(["train", "--data", "digitz", "--results", str(tmp_path / "r")]) == 2
+    assert "digits" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "artifacts").exists() or not any((tmp_path / "r" / "artifacts").iterdir())
+
+
+def test_ls_lists_registries(capsys):
+    assert main(["ls", "attacks"]) == 0
+    out = capsys.readouterr().out
+    assert "pgd" in out and "fgsm" in out
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_tiny(tmp_path, capsys):
+    res = tmp_path / "res"
+    args = ["bench", "--results", str(res), "train.epochs=2", "evaluate.attacks[0].subset=40",
+            "evaluate.attacks[0].params.steps=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = res / "report.html"
+    assert report.exists() and f"report: {report.resolve()}" in out.replace("\n", "")
+    rows = json.loads((res / "report.json").read_text())
+    runs = rows["runs"] if isinstance(rows, dict) and "runs" in rows else rows
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    html = report.read_text()
+    assert "ce/sym-0.4" in html and "<svg" in html
+    # a rerun of finished configs is a no-op
+    assert main(args) == 0
+    assert main(["runs", "--results", str(res)]) == 0

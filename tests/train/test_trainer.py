@@ -1,0 +1,153 @@
+"""The one training loop: schedules, determinism, exact resume, EMA, refusals."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.data.base import Dataset
+from robustlab.errors import CheckpointError, ConfigError, LabelError, ShapeMismatchError
+from robustlab.train import ERM, Trainer, WeightEMA, lr_factor
+
+
+def blobs(n=240, d=6, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(k, d, generator=g)
+    y = torch.arange(n) % k
+    x = (centers[y] + 0.08 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    return Dataset(x=x, y=y, num_classes=k, name="blobs")
+
+
+class Net(nn.Module):
+    def __init__(self, d=6, k=3, dropout=0.2):
+        super().__init__()
+        self.input_shape = (d,)
+        self.num_classes = k
+        self.body = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, k))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def fresh(seed=0):
+    torch.manual_seed(seed)
+    return Net()
+
+
+def weights(m):
+    return torch.cat([p.detach().flatten() for p in m.state_dict().values()])
+
+
+def test_training_learns_separable_blobs():
+    ds = blobs()
+    m = fresh()
+    hist = Trainer(m, ERM(), epochs=8, batch_size=32, lr=0.1, progress=False).fit(ds)
+    assert hist[-1]["train_accuracy"] > 0.95
+    assert [h["epoch"] for h in hist] == list(range(1, 9))
+
+
+def test_same_seed_same_weights_and_global_rng_untouched():
+    ds = blobs()
+    a, b = fresh(), fresh()
+    state = torch.get_rng_state()
+    Trainer(a, epochs=3, batch_size=32, seed=5, progress=False).fit(ds)
+    assert torch.equal(torch.get_rng_state(), state)
+    Trainer(b, epochs=3, batch_size=32, seed=5, progress=False).fit(ds)
+    assert torch.equal(weights(a), weights(b))
+    c = fresh()
+    Trainer(c, epochs=3, batch_size=32, seed=6, progress=False).fit(ds)
+    assert not torch.equal(weights(a), weights(c))
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    ds = blobs()
+    full = fresh()
+    kw = dict(epochs=5, batch_size=32, seed=1, schedule="cosine", ema_decay=0.9, progress=False)
+    Trainer(full, **kw).fit(ds)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(trainer, record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    part = fresh()
+    with pytest.raises(Stop):
+        Trainer(part, checkpoint_dir=tmp_path, callbacks=[stop_after_two], **kw).fit(ds)
+    resumed = fresh(seed=123)  # different init: everything must come from the checkpoint
+    t = Trainer(resumed, checkpoint_dir=tmp_path, **kw)
+    hist = t.fit(ds)
+    assert t.resumed_from_epoch == 2 and len(hist) == 5
+    assert torch.equal(weights(full), weights(resumed))
+
+
+def test_corrupt_checkpoint_refused(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="Delete it"):
+        Trainer(fresh(), epochs=1, checkpoint_dir=tmp_path, progress=False).fit(blobs())
+
+
+def test_schedules():
+    kw = dict(steps_per_epoch=10)
+    assert lr_factor("constant", 57, 100, **kw) == 1.0
+    assert lr_factor("cosine", 0, 100, **kw) == 1.0
+    assert lr_factor("cosine", 50, 100, **kw) == pytest.approx(0.5)
+    assert lr_factor("multistep", 49, 100, **kw) == 1.0
+    assert lr_factor("multistep", 50, 100, **kw) == pytest.approx(0.1)
+    assert lr_factor("multistep", 75, 100, **kw) == pytest.approx(0.01)
+    assert lr_factor("multistep", 30, 100, milestones=(3,), **kw) == pytest.approx(0.1)
+    assert lr_factor("onecycle", 40, 100, **kw) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 20, 100, **kw) == pytest.approx(0.5)
+    assert lr_factor("onecycle", 70, 100, **kw) == pytest.approx(0.5)
+    assert lr_factor("constant", 4, 100, warmup_epochs=1, **kw) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="cosine"):
+        lr_factor("cosin", 0, 1, **kw)
+
+
+def test_lr_follows_schedule_in_training():
+    seen = []
+    t = Trainer(fresh(), epochs=4, batch_size=240, lr=0.2, schedule="cosine", progress=False,
+                callbacks=[lambda tr, rec: seen.append(rec["lr"])])
+    t.fit(blobs())
+    want = [0.2 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert seen == pytest.approx(want)
+
+
+def test_ema_is_the_exponential_average():
+    m = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = WeightEMA(m, decay=0.5, warmup=False)
+    for v in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            m.weight.fill_(v)
+        ema.update(m)
+    # ((0*.5 + 1*.5)*.5 + 2*.5)*.5 + 3*.5 = 2.125
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 2.125))
+
+
+def test_bad_data_refused_before_training():
+    ds = blobs()
+    with pytest.raises(ShapeMismatchError):
+        Trainer(fresh(), epochs=1).fit(Dataset(x=torch.rand(10, 5), y=torch.zeros(10, dtype=torch.long), num_classes=3))
+    net = fresh()
+    net.num_classes = 2
+    with pytest.raises(LabelError):
+        Trainer(net, epochs=1).fit(ds)
+    with pytest.raises(ConfigError):
+        Trainer(fresh(), optimizer="sgdd")
+    with pytest.raises(ConfigError):
+        Trainer(fresh(), epochs=2, warmup_epochs=3)
+
+
+def test_dataset_refuses_bad_data():
+    from robustlab.errors import NonFiniteInputError
+
+    x = torch.rand(4, 3)
+    x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteInputError):
+        Dataset(x=x, y=torch.zeros(4, dtype=torch.long), num_classes=2)
+    with pytest.raises(LabelError, match=r"\[0, 1\]"):
+        Dataset(x=torch.rand(4, 3), y=torch.tensor([0, 1, 2, 0]), num_classes=2)

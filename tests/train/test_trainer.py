@@ -151,3 +151,95 @@ def test_dataset_refuses_bad_data():
         Dataset(x=x, y=torch.zeros(4, dtype=torch.long), num_classes=2)
     with pytest.raises(LabelError, match=r"\[0, 1\]"):
         Dataset(x=torch.rand(4, 3), y=torch.tensor([0, 1, 2, 0]), num_classes=2)
+
+
+class CountingLoss(nn.Module):
+    """A stateful per-sample loss: counts how often each training sample was seen."""
+
+    needs_indices = True
+
+    def __init__(self):
+        super().__init__()
+        self.reduction = "none"
+        self.register_buffer("seen", torch.zeros(0, dtype=torch.long))
+        self.epochs_started = []
+
+    def setup(self, num_samples, num_classes):
+        self.seen = torch.zeros(num_samples, dtype=torch.long)
+
+    def start_epoch(self, epoch):
+        self.epochs_started.append(epoch)
+
+    def forward(self, logits, target, index=None):
+        assert index is not None
+        self.seen[index] += 1
+        return nn.functional.cross_entropy(logits, target, reduction="none")
+
+
+def test_erm_hands_dataset_indices_and_epochs_to_a_stateful_loss():
+    from robustlab.losses import Loss
+
+    class Stateful(CountingLoss, Loss):
+        def __init__(self):
+            Loss.__init__(self, "none")
+            self.register_buffer("seen", torch.zeros(0, dtype=torch.long))
+            self.epochs_started = []
+
+    loss = Stateful()
+    obj = ERM(loss)
+    assert obj.needs_indices
+    ds = blobs(n=90)
+    Trainer(fresh(), obj, epochs=3, batch_size=32, progress=False).fit(ds)
+    assert torch.equal(loss.seen, torch.full((90,), 3))  # every sample once per epoch
+    assert loss.epochs_started == [0, 1, 2]
+    assert torch.equal(obj.state_dict()["criterion"]["seen"], loss.seen)
+
+
+def test_objective_modules_are_trained_checkpointed_and_resumed(tmp_path):
+    from robustlab.train import Objective
+
+    class TwoNets(Objective):
+        """Trains the model and a peer network on the same batches (as co-teaching does)."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.peer = Net()
+            self.progress_seen = []
+
+        def trainable_modules(self):
+            return [self.peer]
+
+        def loss(self, model, x, y, index):
+            self.progress_seen.append(self.progress)
+            ce = nn.functional.cross_entropy
+            return ce(model(x), y, reduction="none") + ce(self.peer(x), y, reduction="none"), {}
+
+        def state_dict(self):
+            return {"peer": self.peer.state_dict()}
+
+        def load_state_dict(self, state):
+            self.peer.load_state_dict(state["peer"])
+
+    ds = blobs(n=96)
+    ref_obj = TwoNets()
+    before = weights(ref_obj.peer).clone()
+    Trainer(fresh(), ref_obj, epochs=4, batch_size=32, progress=False).fit(ds)
+    assert not torch.equal(before, weights(ref_obj.peer))  # the peer was optimised
+    assert not ref_obj.peer.training  # and left in eval mode like the model
+    assert ref_obj.progress_seen[:4] == [0.0, 1 / 3, 2 / 3, 1.0]
+
+    class Stop(Exception):
+        pass
+
+    def die(trainer, record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    cut_obj, model = TwoNets(), fresh()
+    with pytest.raises(Stop):
+        Trainer(model, cut_obj, epochs=4, batch_size=32, progress=False, checkpoint_dir=tmp_path,
+                callbacks=[die]).fit(ds)
+    resumed_obj, model2 = TwoNets(), fresh()
+    Trainer(model2, resumed_obj, epochs=4, batch_size=32, progress=False, checkpoint_dir=tmp_path).fit(ds)
+    assert torch.equal(weights(resumed_obj.peer), weights(ref_obj.peer))

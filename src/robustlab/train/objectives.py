@@ -34,6 +34,8 @@ class Objective:
 
     def __init__(self) -> None:
         self.generator: torch.Generator | None = None
+        self.progress: float = 0.0  # fractional epochs done when the current step started
+        self.total_epochs: int = 1
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
@@ -47,6 +49,24 @@ class Objective:
 
     def setup(self, num_samples: int, num_classes: int) -> None:
         """Called once before training with the training-set size (for per-sample state)."""
+
+    def check_training(self, epochs: int) -> None:
+        """Called before training starts with the number of epochs; raise
+        :class:`~robustlab.errors.ConfigError` for settings that cannot work with it
+        (e.g. a warm-up longer than training)."""
+
+    def set_progress(self, epoch: float, total_epochs: int) -> None:
+        """Called by the Trainer before every optimiser step with the fractional number of
+        epochs done (``epoch + batch / batches_per_epoch``), for per-step schedules such as
+        an eps warm-up."""
+        self.progress = float(epoch)
+        self.total_epochs = int(total_epochs)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules besides the model whose parameters the Trainer optimises too (e.g. the
+        peer network of co-teaching). They are switched to train/eval mode with the model;
+        their weights must be part of :meth:`state_dict` to survive a checkpoint."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """State that must survive a checkpoint (tensors and plain values only)."""
@@ -73,23 +93,68 @@ class ERM(Objective):
 
     def __init__(self, loss: str | Loss = "ce", **loss_params: Any) -> None:
         super().__init__()
-        if isinstance(loss, Loss):
-            self.criterion = loss
-            self.loss_name = getattr(type(loss), "registry_name", type(loss).__name__)
-        else:
-            self.criterion = create_loss(loss, reduction="none", **loss_params)
-            self.loss_name = loss
+        self.criterion = as_loss(loss, **loss_params)
+        self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
         self.loss_params = dict(loss_params)
-        self.criterion.reduction = "none"
+
+    @property
+    def needs_indices(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.criterion, "needs_indices", False))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        loss_setup(self.criterion, num_samples, num_classes)
+
+    def start_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        super().start_epoch(epoch, generator)
+        hook = getattr(self.criterion, "start_epoch", None)
+        if callable(hook):
+            hook(epoch)
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(x)
-        return self.criterion(logits, y), {"accuracy": accuracy_metric(logits, y)}
+        return apply_loss(self.criterion, logits, y, index), {"accuracy": accuracy_metric(logits, y)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "criterion" in state:
+            self.criterion.load_state_dict(state["criterion"])
 
     def get_params(self) -> dict[str, Any]:
         return {"loss": self.loss_name, **self.loss_params}
+
+
+def as_loss(loss: str | Loss, **loss_params: Any) -> Loss:
+    """A per-sample (``reduction="none"``) loss from a registry name or a Loss instance."""
+    if isinstance(loss, Loss):
+        if loss_params:
+            from robustlab.errors import ConfigError
+
+            raise ConfigError("pass loss parameters either to the Loss instance or by name, not both.")
+        criterion = loss
+    else:
+        criterion = create_loss(loss, reduction="none", **loss_params)
+    criterion.reduction = "none"
+    return criterion
+
+
+def loss_setup(criterion: nn.Module, num_samples: int, num_classes: int) -> None:
+    """Give a stateful loss (``needs_indices``) its per-sample state for the training set."""
+    hook = getattr(criterion, "setup", None)
+    if callable(hook):
+        hook(num_samples, num_classes)
+
+
+def apply_loss(
+    criterion: nn.Module, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
+    """Per-sample losses; stateful losses get the batch's dataset indices."""
+    if getattr(criterion, "needs_indices", False):
+        return criterion(logits, y, index=index)
+    return criterion(logits, y)
 
 
 def create(name: str, /, **params: Any) -> Objective:

@@ -131,13 +131,22 @@ class Trainer:
         self.resumed_from_epoch = 0
 
     # -- construction helpers ------------------------------------------------------------
+    def _modules(self) -> list[nn.Module]:
+        """The model plus any modules the objective trains alongside it."""
+        return [self.model, *self.objective.trainable_modules()]
+
+    def _train_mode(self, mode: bool) -> None:
+        for m in self._modules():
+            m.train(mode)
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            # no weight decay on biases and normalisation parameters (1-D tensors)
-            (no_decay if p.dim() <= 1 else decay).append(p)
+        for module in self._modules():
+            for p in module.parameters():
+                if not p.requires_grad:
+                    continue
+                # no weight decay on biases and normalisation parameters (1-D tensors)
+                (no_decay if p.dim() <= 1 else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -242,7 +251,9 @@ class Trainer:
         self._check_data(train, "train")
         if val is not None:
             self._check_data(val, "validation")
-        self.model.to(self.device)
+        for m in self._modules():
+            m.to(self.device)
+        self.objective.check_training(self.epochs)
         self.objective.setup(len(train), train.num_classes)
         self.optimizer = self._make_optimizer()
         if self.ema_decay is not None:
@@ -265,7 +276,7 @@ class Trainer:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             count = 0
-            self.model.train()
+            self._train_mode(True)
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(derive_seed("global", self.seed, epoch))
                 with _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}") as bar:
@@ -274,6 +285,7 @@ class Trainer:
                         xb = x_all[idx].to(self.device, non_blocking=True)
                         yb = y_all[idx].to(self.device, non_blocking=True)
                         lr = self._set_lr(epoch * steps_per_epoch + b, total, steps_per_epoch)
+                        self.objective.set_progress(epoch + b / steps_per_epoch, self.epochs)
                         metrics = self._step(xb, yb, idx.to(self.device))
                         bs = len(idx)
                         count += bs
@@ -293,7 +305,7 @@ class Trainer:
                 cb(self, record)
         if self.ema is not None:
             self.ema.copy_to(self.model)
-        self.model.eval()
+        self._train_mode(False)
         return self.history
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
@@ -309,7 +321,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            params = [p for m in self._modules() for p in m.parameters()]
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)

@@ -50,7 +50,8 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     if not table_rows:
         _console().print("(no runs)")
         return
-    skip = {"id", "status", "dataset", "model", "objective", "loss", "noise kind", "noise rate"}
+    skip = {"id", "status", "dataset", "model", "objective", "loss", "noise kind", "noise rate",
+            "best_epoch", "best_val_accuracy", "test_accuracy_best", "test_accuracy_last"}
     cols = [c for c in table_rows[0] if c not in skip]
     t = Table(title=title)
     for c in cols:
@@ -76,7 +77,7 @@ def _write_report(store: Any, rows: list[dict[str, Any]], out: Optional[Path], t
     path = out if out is not None else store.root / "report.html"
     write_report(rows, path, title=title, notes=notes)
     write_csv(rows, path.with_suffix(".csv"))
-    write_json(rows, path.with_suffix(".json"))
+    write_json(rows, path.with_suffix(".json"), title=title)
     return path
 
 

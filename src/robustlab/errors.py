@@ -61,6 +61,10 @@ class StoreError(RobustlabError):
     """The results store cannot be opened or written."""
 
 
+class ReportError(RobustlabError):
+    """A report file that cannot be written."""
+
+
 __all__ = [
     "RobustlabError",
     "UnknownNameError",
@@ -75,4 +79,5 @@ __all__ = [
     "ChecksumError",
     "CheckpointError",
     "StoreError",
+    "ReportError",
 ]

@@ -8,7 +8,9 @@ from robustlab.errors import ConfigError, UnknownNameError
 
 def batch(n=64, k=7, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, k, generator=g, dtype=torch.float64) * 3, torch.randint(0, k, (n,), generator=g)
+    return torch.randn(n, k, generator=g, dtype=torch.float64) * 3, torch.randint(
+        0, k, (n,), generator=g
+    )
 
 
 def test_ce_equals_negative_log_softmax():
@@ -25,7 +27,10 @@ def test_label_smoothing_formula():
     want = -(q * z.log_softmax(1)).sum(1)
     got = losses.create("label_smoothing", smoothing=eps, reduction="none")(z, y)
     assert torch.allclose(got, want)
-    assert torch.allclose(losses.create("ls", smoothing=0.0, reduction="none")(z, y), F.cross_entropy(z, y, reduction="none"))
+    assert torch.allclose(
+        losses.create("ls", smoothing=0.0, reduction="none")(z, y),
+        F.cross_entropy(z, y, reduction="none"),
+    )
 
 
 def test_reductions_and_params():
@@ -33,7 +38,10 @@ def test_reductions_and_params():
     per = losses.create("ce", reduction="none")(z, y)
     assert torch.allclose(losses.create("ce")(z, y), per.mean())
     assert torch.allclose(losses.create("ce", reduction="sum")(z, y), per.sum())
-    assert losses.create("label_smoothing", smoothing=0.3).get_params() == {"smoothing": 0.3, "reduction": "mean"}
+    assert losses.create("label_smoothing", smoothing=0.3).get_params() == {
+        "smoothing": 0.3,
+        "reduction": "mean",
+    }
 
 
 def test_bad_loss_input():
@@ -47,7 +55,16 @@ def test_bad_loss_input():
 
 @pytest.mark.parametrize("name", losses.available())
 def test_gradcheck(name):
+    # Stateful losses get dataset indices; losses with intentional stop-gradients
+    # (detach=True defaults, ALDR-KL's lambda) are checked in test_gradients.py.
     z, y = batch(n=5, k=4)
     z.requires_grad_(True)
     fn = losses.create(name, reduction="none")
-    assert torch.autograd.gradcheck(lambda t: fn(t, y), (z,))
+    if "detach" in fn.get_params():
+        fn = losses.create(name, reduction="none", detach=False)
+    if name == "aldr-kl":
+        lam = torch.full((5,), 3.0, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda t: fn.loss_at_lambda(t, y, lam), (z,))
+        return
+    idx = torch.arange(5)
+    assert torch.autograd.gradcheck(lambda t: fn(t, y, idx), (z,))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustlab.errors import ConfigError
-from robustlab.losses.base import Loss, losses
+from robustlab.losses.base import Loss, check_range, losses
 
 
 @losses.register("ce", aliases=("cross_entropy", "cross-entropy"))
@@ -28,9 +27,9 @@ class LabelSmoothing(Loss):
 
     def __init__(self, smoothing: float = 0.1, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        if not 0.0 <= smoothing < 1.0:
-            raise ConfigError(f"smoothing must lie in [0, 1), got {smoothing}.")
-        self.smoothing = float(smoothing)
+        self.smoothing = check_range(
+            self, "smoothing", smoothing, low=0.0, high=1.0, high_open=True
+        )
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, reduction="none", label_smoothing=self.smoothing)

@@ -78,3 +78,14 @@ def test_a_run_naming_another_model_does_not_inherit_the_base_models_params():
     assert a.model.params == {"hidden": [16]}
     assert b.model.name == "mnist_net" and b.model.params == {}
     assert c.model.name == "mlp" and c.model.params == {"hidden": [8]}
+
+
+def test_loss_presets_fill_params_and_explicit_params_win():
+    from robustlab.errors import UnknownNameError
+
+    cfg = make_config({"train": {"loss": {"name": "sce", "preset": "cifar10"}}})
+    assert cfg.train.loss.resolved_params() == {"alpha": 0.1, "beta": 1.0}
+    cfg = make_config({"train": {"loss": {"name": "sce", "preset": "cifar100", "params": {"beta": 0.5}}}})
+    assert cfg.train.loss.resolved_params() == {"alpha": 6.0, "beta": 0.5}
+    with pytest.raises(UnknownNameError, match="cifar10"):
+        make_config({"train": {"loss": {"name": "sce", "preset": "cifar11"}}}).train.loss.resolved_params()

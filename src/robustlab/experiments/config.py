@@ -52,8 +52,19 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
+    """A loss from ``robustlab ls losses``; ``preset`` (e.g. ``cifar10``) fills its params
+    from the official configs (``robustlab.losses.presets()``); explicit params win."""
+
     name: str = "ce"
     params: dict[str, Any] = Field(default_factory=dict)
+    preset: str | None = None
+
+    def resolved_params(self) -> dict[str, Any]:
+        if self.preset is None:
+            return dict(self.params)
+        from robustlab.losses import preset
+
+        return {**preset(self.name, self.preset), **self.params}
 
 
 class TrainConfig(_Strict):
@@ -61,6 +72,7 @@ class TrainConfig(_Strict):
 
     objective: str = "erm"
     objective_params: dict[str, Any] = Field(default_factory=dict)
+    objective_preset: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -77,6 +89,14 @@ class TrainConfig(_Strict):
     ema_decay: float | None = None
     amp: bool | str = False
     device: str = "cpu"
+
+    def resolved_objective_params(self) -> dict[str, Any]:
+        """``objective_params`` over the published preset ``objective_preset`` (if any)."""
+        if self.objective_preset is None:
+            return dict(self.objective_params)
+        from robustlab.losses import preset
+
+        return {**preset(self.objective, self.objective_preset), **self.objective_params}
 
 
 class AttackConfig(_Strict):

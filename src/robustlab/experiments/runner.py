@@ -95,9 +95,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     data.datasets.get(cfg.data.name)
     models.models.get(cfg.model.name)
     factory = losses.losses.get(cfg.train.loss.name)
-    check_params(factory.__init__, cfg.train.loss.params, what=f"loss {cfg.train.loss.name!r}")
+    check_params(factory.__init__, cfg.train.loss.resolved_params(), what=f"loss {cfg.train.loss.name!r}")
     obj = train_mod.objectives.get(cfg.train.objective)
-    check_params(obj.__init__ if isinstance(obj, type) else obj, cfg.train.objective_params,
+    check_params(obj.__init__ if isinstance(obj, type) else obj, cfg.train.resolved_objective_params(),
                  what=f"objective {cfg.train.objective!r}")
     if cfg.noise is not None:
         data.noise.noise_models.get(cfg.noise.kind)
@@ -116,10 +116,10 @@ def build_objective(cfg: ExperimentConfig) -> Any:
 
     from robustlab import losses, train as train_mod
 
-    params = dict(cfg.train.objective_params)
+    params = cfg.train.resolved_objective_params()
     factory = train_mod.objectives.get(cfg.train.objective)
     if "loss" in inspect.signature(factory).parameters and "loss" not in params:
-        params["loss"] = losses.create(cfg.train.loss.name, reduction="none", **cfg.train.loss.params)
+        params["loss"] = losses.create(cfg.train.loss.name, reduction="none", **cfg.train.loss.resolved_params())
     return train_mod.create(cfg.train.objective, **params)
 
 

@@ -169,7 +169,6 @@ def train(
     """Train one model (stored as a run) and optionally copy its weights to --out."""
     import shutil
 
-    from robustlab.errors import ConfigError
     from robustlab.experiments import make_config, run_experiment
 
     tree: dict[str, Any] = {
@@ -179,11 +178,8 @@ def train(
         "train": {"objective": objective, "loss": {"name": loss}, "epochs": epochs, "lr": lr, "batch_size": batch_size},
     }
     if noise:
-        kind, _, rate = noise.partition(":")
-        try:
-            tree["noise"] = {"kind": kind, "rate": float(rate or 0)}
-        except ValueError:
-            raise ConfigError(f"--noise must look like KIND:RATE (e.g. symmetric:0.4), got {noise!r}.") from None
+        kind, rate = _parse_noise(noise)
+        tree["noise"] = {"kind": kind, "rate": rate}
     cfg = make_config(tree, overrides or [])
     store = _store(results)
     rec = run_experiment(cfg, store)
@@ -301,6 +297,65 @@ def report(
     rows = [r.to_dict() for r in store.list(suite=suite)]
     path = _write_report(store, rows, out, title, _notes_for(rows))
     _console().print(f"report: {path.resolve()}")
+
+
+labels_app = typer.Typer(help="Label-issue detection: which training labels are probably wrong.",
+                         no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("find-issues")
+def labels_find_issues(
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
+    split: str = typer.Option("train"),
+    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    noise: Optional[str] = typer.Option(None, help="Inject label noise first, as KIND:RATE (e.g. symmetric:0.4); precision/recall are then reported."),
+    model: str = typer.Option("mlp", help="Model trained in each fold (robustlab ls models)."),
+    folds: int = typer.Option(5, help="Cross-fitting folds."),
+    epochs: int = typer.Option(20),
+    lr: float = typer.Option(0.05),
+    batch_size: int = typer.Option(64),
+    seed: int = typer.Option(0, help="Seeds the noise, the folds and the training."),
+    top: int = typer.Option(20, help="Print this many of the most suspect samples."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all flagged indices and scores as JSON."),
+) -> None:
+    """Flag suspect labels: K-fold cross-fitted probabilities + confident learning (needs robustlab[noise])."""
+    import json
+
+    from robustlab import data as data_mod
+    from robustlab._atomic import atomic_path
+    from robustlab.labels import find_issues
+
+    ds = data_mod.load(data, split, root=root, seed=seed)
+    noise_info: dict[str, Any] | None = None
+    if noise:
+        kind, rate = _parse_noise(noise)
+        res = data_mod.noise.corrupt_labels(ds.y, kind, rate, ds.num_classes, seed=seed)
+        ds = ds.with_labels(res.noisy_labels)
+        noise_info = res.to_dict()
+    issues = find_issues(ds, model=model, folds=folds, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
+    con = _console()
+    con.print(f"{ds.name} {split}: {len(issues)} of {len(ds)} labels flagged ({folds}-fold cross-fitting with {model}, cleanlab)")
+    if noise_info is not None:
+        con.print(f"injected {noise_info['kind']} noise: {noise_info['num_flipped']} labels flipped "
+                  f"(rate {noise_info['flip_rate']:.3f}); precision {issues.precision:.3f}, recall {issues.recall:.3f}")
+    for i, sc in list(zip(issues.indices, issues.scores))[:top]:
+        con.print(f"  index {int(i):6d}  label {int(ds.y[i]):3d}  quality {float(sc):.4f}")
+    if out is not None:
+        payload = {**issues.to_dict(), "dataset": ds.name, "split": split, "noise": noise_info}
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
+        con.print(f"issues: {out}")
+
+
+def _parse_noise(text: str) -> tuple[str, float]:
+    from robustlab.errors import ConfigError
+
+    kind, _, rate = text.partition(":")
+    try:
+        return kind, float(rate or 0)
+    except ValueError:
+        raise ConfigError(f"--noise must look like KIND:RATE (e.g. symmetric:0.4), got {text!r}.") from None
 
 
 def main(argv: list[str] | None = None) -> int:

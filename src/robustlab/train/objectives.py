@@ -47,6 +47,11 @@ class Objective:
         """Called by the Trainer before each epoch (0-based)."""
         self.generator = generator
 
+    def bind(self, model: nn.Module, seed: int) -> None:
+        """Called by the Trainer before :meth:`setup` with the model being trained (already
+        on the training device) and the run's seed, for objectives that build modules from
+        the model (co-teaching's peer network)."""
+
     def setup(self, num_samples: int, num_classes: int) -> None:
         """Called once before training with the training-set size (for per-sample state)."""
 

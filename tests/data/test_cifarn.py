@@ -155,3 +155,25 @@ def test_bad_files_refused(tmp_path):
             read_cifarn(write(obj))
     with pytest.raises(ConfigError, match="aggre_label"):
         load_cifarn_labels(write({"clean_label": clean, "aggre_label": clean}), "agre_label")
+
+
+def test_cifar10_with_cifarn_label_file_uses_human_labels_for_train_only(tmp_path, cifar10_like):
+    from robustlab.data import load
+
+    batches = cifar10_like(tmp_path)
+    clean = np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)]).astype(np.int64)
+    rng = np.random.default_rng(3)
+    d = {"clean_label": clean, "aggre_label": flip_exactly(clean, 7, 10, rng),
+         "worse_label": flip_exactly(clean, 12, 10, rng)}
+    path = tmp_path / "CIFAR-10_human.pt"
+    torch.save(d, path)
+    train = load("cifar10", "train", root=tmp_path, label_file=path, label_set="worst")
+    assert torch.equal(train.y, torch.from_numpy(d["worse_label"]))
+    assert torch.equal(train.clean_y, torch.from_numpy(clean))
+    assert int((train.y != train.clean_y).sum()) == 12 and "worse_label" in train.description
+    test = load("cifar10", "test", root=tmp_path, label_file=path)
+    assert test.clean_y is None  # test labels are never replaced
+    d["clean_label"] = (clean + 1) % 10  # a file for another ordering / dataset
+    torch.save(d, path)
+    with pytest.raises(DataError, match="do not match"):
+        load("cifar10", "train", root=tmp_path, label_file=path)

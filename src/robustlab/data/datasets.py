@@ -490,6 +490,8 @@ def _cifar_dataset(
     download: bool,
     seed: int,
     label_type: str | None,
+    label_file: str | os.PathLike[str] | None = None,
+    label_set: str | None = None,
 ) -> Dataset:
     _check_common(split, seed)
     spec = _CIFAR[name]
@@ -533,13 +535,39 @@ def _cifar_dataset(
     if len(class_names) != num_classes:
         raise DataError(f"{meta}: {len(class_names)} {names_key}, expected {num_classes}.")
     kind = "" if name == "cifar10" else f", {label_type} labels"
-    return _make(
+    ds = _make(
         x, y, num_classes=num_classes, class_names=class_names, name=name,
         description=(
             f"{spec['title']} (Krizhevsky 2009), official {split} split ({len(y):,} images"
             f"{kind}) from {folder}."
         ),
     )
+    if label_file is None or split == "test":
+        return ds  # human-annotated labels exist for the training images only
+    return _with_cifarn_labels(ds, label_file, label_set or ("aggre_label" if name == "cifar10" else "noisy_label"))
+
+
+def _with_cifarn_labels(ds: Dataset, label_file: str | os.PathLike[str], label_set: str) -> Dataset:
+    """Replace the training labels by a CIFAR-10N/100N label set; the clean ones are kept."""
+    from robustlab.data.cifarn import read_cifarn
+
+    labels = read_cifarn(label_file)
+    key = labels.resolve(label_set)
+    clean = labels.labels[labels.clean_for(key)]
+    if len(clean) != len(ds) or not np.array_equal(clean, ds.y.numpy()):
+        raise DataError(
+            f"{label_file}: its clean labels do not match the {ds.name} training labels read from "
+            f"disk ({len(clean)} vs {len(ds)} labels); use the CIFAR-N file of this dataset (and, "
+            f"for CIFAR-100N coarse sets, label_type='coarse')."
+        )
+    noisy = labels.get(key)
+    rate = float((noisy != ds.y).float().mean())
+    out = ds.with_labels(noisy)
+    out.description += (
+        f" Training labels: CIFAR-N human annotations {key!r} from {label_file} (Wei et al. 2022), "
+        f"noise rate {rate:.4f}; test labels are the original ones."
+    )
+    return out
 
 
 @datasets.register("cifar10", aliases=("cifar-10",))
@@ -548,6 +576,9 @@ def cifar10_dataset(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     seed: int = 0,
+    *,
+    label_file: str | os.PathLike[str] | None = None,
+    label_set: str = "aggre_label",
 ) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009, "Learning Multiple Layers of Features from Tiny Images").
 
@@ -556,8 +587,17 @@ def cifar10_dataset(
     50,000/10,000; ``x`` is ``(N, 3, 32, 32)`` pixel/255. Pickles are read with
     :class:`~robustlab.data.readers.RestrictedUnpickler` (numpy arrays only, never
     arbitrary code). ``download=True`` fetches and md5-checks the official tarball.
+
+    Options
+    -------
+    label_file: a CIFAR-10N label file (``CIFAR-10_human.pt``, Wei et al. 2022, "Learning
+        with Noisy Labels Revisited: A Study Using Real-World Human Annotations"; CC BY-NC,
+        not shipped). The training split then carries its ``label_set`` labels
+        (``aggre_label``, ``worse_label``, ``random_label1..3``; short names ``aggre``,
+        ``worst``, ``rand1..3``), with the original labels kept as ``clean_y``; the file's
+        clean labels must equal the ones on disk. The test split is unchanged.
     """
-    return _cifar_dataset("cifar10", split, root, download, seed, None)
+    return _cifar_dataset("cifar10", split, root, download, seed, None, label_file, label_set)
 
 
 @datasets.register("cifar100", aliases=("cifar-100",))
@@ -568,15 +608,21 @@ def cifar100_dataset(
     seed: int = 0,
     *,
     label_type: str = "fine",
+    label_file: str | os.PathLike[str] | None = None,
+    label_set: str | None = None,
 ) -> Dataset:
     """CIFAR-100 (Krizhevsky 2009), python version (``cifar-100-python/train``, ``test``, ``meta``).
 
     Same rules as :func:`cifar10_dataset`. Option ``label_type``: ``"fine"`` (100
-    classes, default) or ``"coarse"`` (20 superclasses).
+    classes, default) or ``"coarse"`` (20 superclasses). Options ``label_file`` and
+    ``label_set`` read CIFAR-100N human labels (``CIFAR-100_human.pt``; sets
+    ``noisy_label``, the default, and ``noisy_coarse_label`` for ``label_type="coarse"``).
     """
     if label_type not in ("fine", "coarse"):
         raise ConfigError(f"cifar100 label_type must be 'fine' or 'coarse', got {label_type!r}.")
-    return _cifar_dataset("cifar100", split, root, download, seed, label_type)
+    if label_set is None:
+        label_set = "noisy_label" if label_type == "fine" else "noisy_coarse_label"
+    return _cifar_dataset("cifar100", split, root, download, seed, label_type, label_file, label_set)
 
 
 # -- npz --------------------------------------------------------------------------------

@@ -228,6 +228,70 @@ def evaluate(
         con.print(f"  {r['attack']} {r['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['accuracy']:.2f}% on {r['num_points']} points")
 
 
+_AUDIT_MODES: dict[str, bool | str] = {"full": True, "cheap": "cheap", "none": False}
+
+
+@app.command()
+def attack(
+    model: Path = typer.Option(..., "--model", "-m", help="Weights saved by robustlab (.safetensors)."),
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
+    split: str = typer.Option("test"),
+    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    norm: str = typer.Option("linf", help="Threat model: linf, l2 or l1."),
+    eps: list[str] = typer.Option(["8/255"], help="Budget(s); repeat the option; fractions like 8/255 work."),
+    attack_name: str = typer.Option("standard", "--attack", help="Attack or protocol (robustlab ls attacks): standard, fast, apgd-ce, pgd, ..."),
+    subset: Optional[int] = typer.Option(None, help="Attack only the first N points of the split."),
+    batch_size: str = typer.Option("auto", help="Points per batch, or 'auto' (memory-aware on CUDA)."),
+    amp: bool = typer.Option(False, help="CUDA autocast for the attack; successes are re-checked in fp32."),
+    audit: str = typer.Option("full", help="Audit checks: full, cheap (no extra attacks) or none."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (JSON) here."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Robust accuracy under an attack (default: the standard ensemble) at each eps, after each
+    ensemble member and per class, with the audit's flags."""
+    import json
+
+    import torch
+    from rich.markup import escape
+
+    from robustlab import data as data_mod
+    from robustlab._atomic import atomic_path
+    from robustlab.errors import ConfigError
+    from robustlab.evaluate import attack_report
+    from robustlab.models import load_model
+
+    if audit not in _AUDIT_MODES:
+        raise ConfigError(f"--audit must be one of {', '.join(_AUDIT_MODES)}, got {audit!r}.")
+    if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}.")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = load_model(model, factory=factory).to(dev)
+    ds = data_mod.load(data, split, root=root, seed=seed)
+    x, y = (ds.x, ds.y) if subset is None else (ds.x[:subset], ds.y[:subset])
+    rep = attack_report(
+        net, x, y, _eps_list(eps), attack_name, norm=norm,
+        batch_size="auto" if batch_size == "auto" else int(batch_size),
+        seed=seed, amp=amp, audit=_AUDIT_MODES[audit],
+    )
+    con = _console()
+    con.print(f"{ds.name} {split}: {rep.num_points} points, clean accuracy {100 * rep.clean_accuracy:.2f}% "
+              f"({escape(rep.protocol)} on {rep.device})")
+    for r in rep.results:
+        stages = ", ".join(f"after {k} {100 * v:.2f}%" for k, v in r.per_attack.items() if k != "clean")
+        con.print(f"  {rep.norm} eps={r.eps:.4g}: robust accuracy {100 * r.robust_accuracy:.2f}% "
+                  f"({escape(stages)}; {r.forwards} forward / {r.backwards} backward passes, {r.seconds:.1f}s)")
+    for f in rep.flags:
+        con.print(f"[bold yellow]flag[/] {escape(str(f))}", soft_wrap=True)
+    if not rep.flags:
+        con.print("no audit flags")
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(rep.to_dict(), indent=2))
+        con.print(f"report: {json_out}")
+
+
 _FAMILIES = ("datasets", "models", "losses", "attacks", "objectives", "noise", "schedules")
 
 

@@ -65,6 +65,11 @@ class ReportError(RobustlabError):
     """A report file that cannot be written."""
 
 
+class RobustlabWarning(UserWarning):
+    """Something suspicious that does not stop the work (e.g. a model that outputs
+    probabilities where logits are expected)."""
+
+
 __all__ = [
     "RobustlabError",
     "UnknownNameError",
@@ -80,4 +85,5 @@ __all__ = [
     "CheckpointError",
     "StoreError",
     "ReportError",
+    "RobustlabWarning",
 ]

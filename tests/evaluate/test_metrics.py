@@ -3,7 +3,12 @@ import torch
 from torch import nn
 
 from robustlab.attacks import ThreatModel
-from robustlab.evaluate import clean_accuracy, expected_calibration_error, per_class_accuracy, robust_accuracy
+from robustlab.evaluate import (
+    clean_accuracy,
+    expected_calibration_error,
+    per_class_accuracy,
+    robust_accuracy,
+)
 
 
 def test_ece_on_constructed_case():
@@ -29,7 +34,7 @@ def test_clean_and_robust_accuracy_of_a_threshold_model():
         lin.bias.copy_(torch.tensor([-0.5, 0.5]))
     x0 = torch.linspace(0.01, 0.99, 99)
     x = torch.stack([x0, torch.zeros(99)], 1)
-    y = (x0 <= 0.5).long()
+    y = (x0 < 0.5).long()  # x0 = 0.5 is a tie, which argmax resolves to class 0
     assert clean_accuracy(lin, x, y) == 1.0
     res = robust_accuracy(lin, x, y, ThreatModel("linf", 0.105), "pgd", steps=5, batch_size=16)
     assert torch.equal(res.robust, (x0 - 0.5).abs() > 0.105)

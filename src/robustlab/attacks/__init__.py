@@ -1,38 +1,82 @@
-"""Threat models, attacks and (later) the standard ensemble.
+"""Threat models, attacks, ensembles and the audit.
 
 >>> from robustlab import attacks
 >>> pgd = attacks.create("pgd", steps=20)
 >>> result = pgd(model, x, y, threat=attacks.ThreatModel("linf", 8 / 255))
 >>> result.success.float().mean()
+>>> # several budgets in one call (successes at a smaller eps are reused):
+>>> results = attacks.create("standard")(model, x, y, attacks.ThreatModel.grid("linf", ["2/255", "8/255"]))
 
 Every attack follows one template (:class:`Attack`): validated inputs, eval mode,
-input gradients only, best iterate kept, per-sample success.
+input gradients only, best iterate kept, per-sample success re-checked in full
+precision. Registered: ``fgsm``, ``pgd``, ``apgd`` (any loss), ``apgd-ce``,
+``apgd-dlr``, ``apgd-t``, ``pma``, ``eot`` (wrapper for randomised models), the
+ensembles ``standard`` (AutoAttack's protocol, :data:`PROTOCOL`), ``fast``, ``rand``
+and ``ensemble`` (custom members), plus ``fab-t``, ``square`` and ``cw-l2`` when their
+modules are installed. Training objectives call :meth:`Attack.generate`.
 """
 
 from __future__ import annotations
 
-from robustlab.attacks import pgd  # noqa: F401  (registers pgd, fgsm)
+import contextlib
+import importlib
+
+from robustlab.attacks import apgd, ensemble, eot, pgd  # noqa: F401  (register the attacks)
+from robustlab.attacks.apgd import APGDStepSchedule, L1SparsitySchedule, apgd_checkpoints
+from robustlab.attacks.audit import Flag, audit
 from robustlab.attacks.base import (
     Attack,
     AttackContext,
     AttackResult,
+    AttackWarning,
     BestTracker,
+    ProbabilityOutputWarning,
+    attack_loss,
     attacks,
     available,
+    ce_loss,
     create,
+    dlr_loss,
+    kl_loss,
+    logit_change_loss,
     margin_loss,
+    probability_margin_loss,
 )
-from robustlab.attacks.threat import ThreatModel, parse_eps
+from robustlab.attacks.ensemble import FAST_PROTOCOL, PROTOCOL, RAND_PROTOCOL, Ensemble
+from robustlab.attacks.threat import ThreatModel, parse_eps, project_l1_box
+
+# attacks written in their own modules; a missing module must not break the import
+for _name in ("fab", "square", "cw"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(f"robustlab.attacks.{_name}")
 
 __all__ = [
+    "APGDStepSchedule",
     "Attack",
     "AttackContext",
     "AttackResult",
+    "AttackWarning",
     "BestTracker",
+    "Ensemble",
+    "FAST_PROTOCOL",
+    "Flag",
+    "L1SparsitySchedule",
+    "PROTOCOL",
+    "ProbabilityOutputWarning",
+    "RAND_PROTOCOL",
     "ThreatModel",
+    "apgd_checkpoints",
+    "attack_loss",
     "attacks",
+    "audit",
     "available",
+    "ce_loss",
     "create",
+    "dlr_loss",
+    "kl_loss",
+    "logit_change_loss",
     "margin_loss",
     "parse_eps",
+    "probability_margin_loss",
+    "project_l1_box",
 ]

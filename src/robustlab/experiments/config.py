@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -107,6 +107,7 @@ class AttackConfig(_Strict):
     eps: list[float] = Field(default_factory=lambda: [0.1])
     params: dict[str, Any] = Field(default_factory=dict)
     subset: int | None = Field(None, ge=1)
+    audit: bool | Literal["cheap"] = True
 
     @field_validator("eps", mode="before")
     @classmethod

@@ -170,7 +170,7 @@ def run_experiment(
         train_seconds = time.perf_counter() - t_train
         model = model.cpu()
         models.save_model(model, art / "model.safetensors")
-        specs = [EvaluationSpec(a.name, a.norm, a.eps, dict(a.params), a.subset) for a in cfg.evaluate.attacks]
+        specs = [EvaluationSpec(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit) for a in cfg.evaluate.attacks]
         metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size)
         with atomic_path(art / "records.npz") as tmp:
             with open(tmp, "wb") as fh:

@@ -69,3 +69,27 @@ def test_labels_find_issues_reports_precision_recall_of_injected_noise(tmp_path,
     assert payload["precision"] > 0.75 and payload["recall"] > 0.6
     assert "precision" in capsys.readouterr().out
     assert main(["labels", "find-issues", "--noise", "symmetric0.3"]) == 2
+
+
+def test_attack_command_stores_the_evaluation_as_a_run(tmp_path, capsys):
+    res = tmp_path / "res"
+    weights = tmp_path / "net.safetensors"
+    assert main(["train", "--epochs", "3", "--results", str(res), "-o", str(weights), "model.params.hidden=[32]"]) == 0
+    out_json = tmp_path / "eval.json"
+    args = ["attack", "-m", str(weights), "--attack", "fast", "--eps", "0.05", "--eps", "0.2", "--subset", "40",
+            "--audit", "cheap", "--results", str(res), "--json", str(out_json)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "robust accuracy" in text and "after apgd-ce" in text
+    rep = json.loads(out_json.read_text())
+    accs = [r["robust_accuracy"] for r in rep["results"]]
+    assert accs[0] >= accs[1] and rep["clean_accuracy"] >= accs[0]  # monotone in eps, below clean
+    from robustlab.experiments import ResultsStore
+
+    runs = ResultsStore(res).list(suite="evaluations")
+    assert len(runs) == 1 and runs[0].status == "done"
+    assert [r["accuracy"] for r in runs[0].metrics["robust"]] == accs
+    assert main(args) == 0  # the same evaluation again is a no-op
+    again = ResultsStore(res).list(suite="evaluations")
+    assert len(again) == 1 and again[0].attempts == 1
+    assert main(["attack", "-m", str(weights), "--audit", "sometimes", "--results", str(res)]) == 2

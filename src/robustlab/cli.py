@@ -212,20 +212,35 @@ def evaluate(
     factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Evaluate saved weights: clean accuracy, calibration and robust accuracy."""
+    """Evaluate saved weights: clean accuracy, calibration and robust accuracy (not stored;
+    `robustlab attack` stores its evaluations as runs)."""
+    import inspect
+
     from robustlab import data as data_mod
+    from robustlab.attacks import attacks
     from robustlab.evaluate import EvaluationSpec, evaluate_model
     from robustlab.models import load_model
 
     net = load_model(model, factory=factory)
     ds = data_mod.load(data, split, root=root, seed=seed)
-    params = {"steps": steps} if attack in ("pgd",) else {}
-    spec = EvaluationSpec(attack, norm, _eps_list(eps), params, subset)
+    takes_steps = "steps" in inspect.signature(attacks.get(attack)).parameters
+    spec = EvaluationSpec(attack, norm, _eps_list(eps), {"steps": steps} if takes_steps else {}, subset)
     metrics, _ = evaluate_model(net, ds, [spec], seed=seed)
     con = _console()
     con.print(f"{ds.name} {split} ({len(ds)} points): clean accuracy {100 * metrics['clean_accuracy']:.2f}%, ECE {metrics['ece']:.4f}")
     for r in metrics["robust"]:
         con.print(f"  {r['attack']} {r['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['accuracy']:.2f}% on {r['num_points']} points")
+    _print_flags([f for r in metrics["robust"] for f in r.get("flags", [])])
+
+
+def _print_flags(flags: list[str]) -> None:
+    from rich.markup import escape
+
+    con = _console()
+    for f in dict.fromkeys(flags):
+        con.print(f"[bold yellow]flag[/] {escape(str(f))}", soft_wrap=True)
+    if not flags:
+        con.print("no audit flags")
 
 
 _AUDIT_MODES: dict[str, bool | str] = {"full": True, "cheap": "cheap", "none": False}
@@ -247,48 +262,42 @@ def attack(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (JSON) here."),
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
 ) -> None:
     """Robust accuracy under an attack (default: the standard ensemble) at each eps, after each
-    ensemble member and per class, with the audit's flags."""
+    ensemble member and per class, with the audit's flags; stored as a run (suite 'evaluations')."""
     import json
 
-    import torch
     from rich.markup import escape
 
-    from robustlab import data as data_mod
     from robustlab._atomic import atomic_path
     from robustlab.errors import ConfigError
-    from robustlab.evaluate import attack_report
-    from robustlab.models import load_model
+    from robustlab.experiments import evaluate_weights
 
     if audit not in _AUDIT_MODES:
         raise ConfigError(f"--audit must be one of {', '.join(_AUDIT_MODES)}, got {audit!r}.")
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}.")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load_model(model, factory=factory).to(dev)
-    ds = data_mod.load(data, split, root=root, seed=seed)
-    x, y = (ds.x, ds.y) if subset is None else (ds.x[:subset], ds.y[:subset])
-    rep = attack_report(
-        net, x, y, _eps_list(eps), attack_name, norm=norm,
-        batch_size="auto" if batch_size == "auto" else int(batch_size),
-        seed=seed, amp=amp, audit=_AUDIT_MODES[audit],
+    store = _store(results)
+    rec, _ = evaluate_weights(
+        model, store, data=data, split=split, root=root, attack=attack_name, norm=norm, eps=_eps_list(eps),
+        subset=subset, batch_size="auto" if batch_size == "auto" else int(batch_size), amp=amp,
+        audit=_AUDIT_MODES[audit], device=device, factory=factory, seed=seed, force=force,
     )
+    rep = rec.metrics["attack_report"]
     con = _console()
-    con.print(f"{ds.name} {split}: {rep.num_points} points, clean accuracy {100 * rep.clean_accuracy:.2f}% "
-              f"({escape(rep.protocol)} on {rep.device})")
-    for r in rep.results:
-        stages = ", ".join(f"after {k} {100 * v:.2f}%" for k, v in r.per_attack.items() if k != "clean")
-        con.print(f"  {rep.norm} eps={r.eps:.4g}: robust accuracy {100 * r.robust_accuracy:.2f}% "
-                  f"({escape(stages)}; {r.forwards} forward / {r.backwards} backward passes, {r.seconds:.1f}s)")
-    for f in rep.flags:
-        con.print(f"[bold yellow]flag[/] {escape(str(f))}", soft_wrap=True)
-    if not rep.flags:
-        con.print("no audit flags")
+    con.print(f"{data} {split}: {rep['num_points']} points, clean accuracy {100 * rep['clean_accuracy']:.2f}% "
+              f"({escape(rep['protocol'])} on {rep['device']}); run {rec.id[:10]}")
+    for r in rep["results"]:
+        stages = ", ".join(f"after {k} {100 * v:.2f}%" for k, v in r["per_attack"].items() if k != "clean")
+        con.print(f"  {rep['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['robust_accuracy']:.2f}% "
+                  f"({escape(stages)}; {r['forwards']} forward / {r['backwards']} backward passes, {r['seconds']:.1f}s)")
+    _print_flags(rep["flags"])
     if json_out is not None:
         with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(rep.to_dict(), indent=2))
+            tmp.write_text(json.dumps(rep, indent=2))
         con.print(f"report: {json_out}")
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "make_config",
     "packaged_config",
     "parse_overrides",
+    "evaluate_weights",
+    "execute_run",
     "run_experiment",
     "run_suite",
 ]
@@ -31,7 +33,7 @@ __all__ = [
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     # the runner imports torch; keep config/store importable without it
-    if name in ("run_experiment", "run_suite", "prepare_data"):
+    if name in ("run_experiment", "run_suite", "prepare_data", "evaluate_weights", "execute_run"):
         from robustlab.experiments import runner
 
         return getattr(runner, name)

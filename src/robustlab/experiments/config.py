@@ -23,6 +23,12 @@ from robustlab.errors import ConfigError
 from robustlab.registry import close_matches
 
 
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a run's config: the run's id in the results store."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -139,8 +145,7 @@ class ExperimentConfig(_Strict):
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the resolved config."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return config_hash(self.to_dict())
 
     def label(self) -> str:
         """The run's name, or one built from its main choices."""

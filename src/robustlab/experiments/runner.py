@@ -26,7 +26,7 @@ from torch import nn
 from robustlab import __version__
 from robustlab._atomic import atomic_path
 from robustlab.attacks import ThreatModel
-from robustlab.experiments.config import ExperimentConfig, Suite
+from robustlab.experiments.config import ExperimentConfig, Suite, config_hash
 from robustlab.experiments.store import ResultsStore, RunRecord
 
 log = logging.getLogger("robustlab.experiments")
@@ -142,16 +142,11 @@ def run_experiment(
 
     validate_config(cfg)
     run_id = cfg.hash()
-    existing = store.get(run_id)
-    if existing is not None and existing.status == "done" and not force:
-        log.info("run %s (%s) is already done; skipping", run_id[:10], cfg.label())
-        return existing
-    art = store.artifact_dir(run_id)
+    art = store.root / "artifacts" / run_id
     if force and (art / "train" / "last.pt").exists():
         (art / "train" / "last.pt").unlink()
-    store.start(run_id, cfg.label(), cfg.to_dict(), suite=suite, versions=package_versions(), git_sha=git_sha())
-    t0 = time.perf_counter()
-    try:
+
+    def work(art: Path) -> dict[str, Any]:
         train_set, val_set, test_set, noise_info = prepare_data(cfg)
         with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is restored
             torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
@@ -190,6 +185,37 @@ def run_experiment(
                 "final_train_accuracy_noisy_labels": history[-1].get("train_accuracy") if history else None,
             }
         )
+        return metrics
+
+    return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force)
+
+
+def execute_run(
+    store: ResultsStore,
+    run_id: str,
+    name: str,
+    config: dict[str, Any],
+    work: Callable[[Path], dict[str, Any]],
+    *,
+    suite: str | None = None,
+    force: bool = False,
+) -> RunRecord:
+    """Run ``work(artifact_dir) -> metrics`` as the stored run ``run_id``, transactionally.
+
+    A run already ``done`` is returned as it is (unless ``force``). Otherwise the run is
+    marked running, ``work`` computes its metrics, and they are written and the run marked
+    done in one transaction; any exception (an interrupt included) marks it failed with
+    the reason and is re-raised, so no row is ever left half-written as done.
+    """
+    existing = store.get(run_id)
+    if existing is not None and existing.status == "done" and not force:
+        log.info("run %s (%s) is already done; skipping", run_id[:10], name)
+        return existing
+    art = store.artifact_dir(run_id)
+    store.start(run_id, name, config, suite=suite, versions=package_versions(), git_sha=git_sha())
+    t0 = time.perf_counter()
+    try:
+        metrics = work(art)
         store.finish(run_id, _jsonable(metrics), time.perf_counter() - t0)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -198,6 +224,81 @@ def run_experiment(
     record = store.get(run_id)
     assert record is not None
     return record
+
+
+def evaluate_weights(
+    weights: str | Path,
+    store: ResultsStore,
+    *,
+    data: str = "digits",
+    split: str = "test",
+    root: str | None = None,
+    attack: str = "standard",
+    norm: str = "linf",
+    eps: Iterable[float | str] = (8 / 255,),
+    subset: int | None = None,
+    attack_params: dict[str, Any] | None = None,
+    batch_size: int | str = "auto",
+    amp: bool = False,
+    audit: bool | str = True,
+    device: str | None = None,
+    factory: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[RunRecord, Any]:
+    """Evaluate saved weights under ``attack`` and store it as a run (suite ``evaluations``).
+
+    The run is keyed by the sha256 of the weights file and the evaluation's settings, so
+    re-evaluating the same weights the same way is a no-op that returns the stored run
+    (the second item is then ``None``; otherwise the :class:`AttackReport`). Metrics hold
+    ``clean_accuracy``, ``robust`` rows (as in training runs: attack, norm, eps, accuracy,
+    ``per_attack``, ``flags``) and the full report under ``attack_report``.
+    """
+    from robustlab import data as data_mod
+    from robustlab.attacks import parse_eps
+    from robustlab.evaluate import attack_report
+    from robustlab.models import file_sha256, load_model
+
+    eps_list = [parse_eps(e) for e in eps]
+    params = dict(attack_params or {})
+    net = load_model(weights, factory=factory)
+    model_cfg = getattr(net, "robustlab_config", None) or {"name": factory or "user"}
+    config = {
+        "kind": "evaluation",
+        "seed": seed,
+        "data": {"name": data, "split": split, "root": root},
+        "model": {**model_cfg, "weights_sha256": file_sha256(weights)},
+        "evaluate": {"attack": attack, "norm": norm, "eps": eps_list, "params": params, "subset": subset,
+                     "amp": amp, "audit": audit},
+    }
+    name = f"{Path(weights).name} {attack} {norm} on {data}/{split}"
+    rep_box: list[Any] = []
+
+    def work(art: Path) -> dict[str, Any]:
+        ds = data_mod.load(data, split, root=root, seed=seed)
+        x, y = (ds.x, ds.y) if subset is None else (ds.x[:subset], ds.y[:subset])
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        rep = attack_report(net.to(dev), x, y, eps_list, attack, norm=norm, batch_size=batch_size,
+                            seed=seed, amp=amp, audit=audit, **params)
+        rep_box.append(rep)
+        flags = rep.flag_strings()
+        rows = [
+            {"attack": attack, "norm": norm, "eps": r.eps, "accuracy": r.robust_accuracy,
+             "num_points": rep.num_points, "per_attack": dict(r.per_attack), "flags": flags,
+             "forwards": r.forwards, "backwards": r.backwards, "protocol": rep.protocol}
+            for r in rep.results
+        ]
+        return {
+            "clean_accuracy": rep.clean_accuracy,
+            "per_class_accuracy": rep.clean_per_class,
+            "num_test": rep.num_points,
+            "robust": rows,
+            "attack_report": rep.to_dict(),
+            "data": {"test": ds.description, "num_test": rep.num_points},
+        }
+
+    record = execute_run(store, config_hash(config), name, config, work, suite="evaluations", force=force)
+    return record, (rep_box[0] if rep_box else None)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -1,5 +1,7 @@
 """End to end on the embedded digits data: store, no-op rerun, exact resume, refusals."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,33 @@ def test_bad_config_refused_before_anything_is_stored(tmp_path, override, error,
     with pytest.raises(error, match=match):
         run_experiment(cfg, store, progress=False)
     assert len(store) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.objective=trades", "train.objective_params={beta: -1}"], "beta"),
+        (["train.objective=done", "train.objective_params={r: 0}"], "r"),
+        (["train.objective=pgd-at", "train.objective_params={eps_warmup: 10}"], "warm"),
+        (["train.select=robust", "train.val_attack=pgd"], "val_fraction"),
+    ],
+)
+def test_bad_training_settings_refused_before_anything_is_stored(tmp_path, overrides, match):
+    store = ResultsStore(tmp_path)
+    cfg = make_config({}, TINY + overrides)
+    with pytest.raises(ConfigError, match=match):
+        run_experiment(cfg, store, progress=False)
+    assert len(store) == 0
+
+
+def test_adversarial_training_run_with_robust_validation_and_selection(tmp_path):
+    cfg = make_config({}, TINY + ["data.val_fraction=0.2", "train.objective=pgd-at",
+                                  "train.objective_params={eps: 0.1, steps: 3}", "train.select=robust",
+                                  "train.val_attack=pgd", "train.val_subset=50"])
+    rec = run_experiment(cfg, ResultsStore(tmp_path), progress=False)
+    m = rec.metrics
+    n_val = math.ceil(0.2 * 1437)  # fractions round up, like scikit-learn
+    assert m["data"]["num_val"] == n_val and m["data"]["num_train"] == 1437 - n_val
+    scores = [h["val_robust_accuracy"] for h in m["history"]]
+    assert m["training"]["best_epoch"] == 1 + max(range(len(scores)), key=lambda i: (scores[i], -i))
+    assert all("train_adv_accuracy" in h for h in m["history"])

@@ -95,6 +95,24 @@ class TrainConfig(_Strict):
     ema_decay: float | None = None
     amp: bool | str = False
     device: str = "cpu"
+    channels_last: bool = False
+    # robust validation on data.val_fraction of the training set, best-checkpoint
+    # selection and early stopping (see robustlab.train.Trainer)
+    val_attack: str | None = None
+    val_attack_params: dict[str, Any] = Field(default_factory=dict)
+    val_norm: str | None = None
+    val_eps: float | None = None
+    val_every: int = Field(1, ge=1)
+    val_subset: int | None = Field(None, ge=1)
+    select: Literal["robust", "clean"] | None = None
+    early_stopping: int | None = Field(None, ge=1)
+
+    @field_validator("val_eps", mode="before")
+    @classmethod
+    def _parse_val_eps(cls, v: Any) -> Any:
+        from robustlab.attacks.threat import parse_eps
+
+        return None if v is None else parse_eps(v)
 
     def resolved_objective_params(self) -> dict[str, Any]:
         """``objective_params`` over the published preset ``objective_preset`` (if any)."""

@@ -26,6 +26,7 @@ from torch import nn
 from robustlab import __version__
 from robustlab._atomic import atomic_path
 from robustlab.attacks import ThreatModel
+from robustlab.errors import ConfigError
 from robustlab.experiments.config import ExperimentConfig, Suite, config_hash
 from robustlab.experiments.store import ResultsStore, RunRecord
 
@@ -106,8 +107,31 @@ def validate_config(cfg: ExperimentConfig) -> None:
         check_params(atk.__init__, a.params, what=f"attack {a.name!r}")
         for e in a.eps:
             ThreatModel(a.norm, e)
-    train_mod.Trainer(nn.Identity(), epochs=cfg.train.epochs, optimizer=cfg.train.optimizer,
-                      schedule=cfg.train.schedule, lr=cfg.train.lr, warmup_epochs=cfg.train.warmup_epochs)
+    t = cfg.train
+    if (t.select is not None or t.val_attack is not None) and cfg.data.val_fraction == 0:
+        raise ConfigError(
+            f"train.select={t.select!r} / train.val_attack={t.val_attack!r} validate on a held-out part "
+            f"of the training set; set data.val_fraction (e.g. 0.1)."
+        )
+    objective = build_objective(cfg)  # refuses bad objective parameters before anything runs
+    objective.check_training(t.epochs)
+    _trainer(cfg, nn.Identity(), objective, checkpoint_dir=None, progress=False)
+
+
+def _trainer(cfg: ExperimentConfig, model: nn.Module, objective: Any, *, checkpoint_dir: Path | None,
+             progress: bool | None) -> Any:
+    from robustlab import train as train_mod
+
+    t = cfg.train
+    return train_mod.Trainer(
+        model, objective, epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
+        momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
+        warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma, grad_clip=t.grad_clip,
+        amp=t.amp, ema_decay=t.ema_decay, seed=cfg.seed, device=t.device, channels_last=t.channels_last,
+        val_attack=t.val_attack, val_attack_params=t.val_attack_params, val_norm=t.val_norm,
+        val_eps=t.val_eps, val_every=t.val_every, val_subset=t.val_subset, select=t.select,
+        early_stopping=t.early_stopping, checkpoint_dir=checkpoint_dir, progress=progress,
+    )
 
 
 def build_objective(cfg: ExperimentConfig) -> Any:
@@ -118,8 +142,11 @@ def build_objective(cfg: ExperimentConfig) -> Any:
 
     params = cfg.train.resolved_objective_params()
     factory = train_mod.objectives.get(cfg.train.objective)
-    if "loss" in inspect.signature(factory).parameters and "loss" not in params:
+    accepted = inspect.signature(factory).parameters
+    if "loss" in accepted and "loss" not in params:
         params["loss"] = losses.create(cfg.train.loss.name, reduction="none", **cfg.train.loss.resolved_params())
+    if "forget_rate" in accepted and "forget_rate" not in params and cfg.noise is not None:
+        params["forget_rate"] = cfg.noise.rate  # co-teaching's official default: the noise rate
     return train_mod.create(cfg.train.objective, **params)
 
 
@@ -152,14 +179,7 @@ def run_experiment(
             torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
             model = models.for_dataset(cfg.model.name, train_set, **cfg.model.params)
         objective = build_objective(cfg)
-        t = cfg.train
-        trainer = train_mod.Trainer(
-            model, objective, epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-            momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
-            warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma, grad_clip=t.grad_clip,
-            amp=t.amp, ema_decay=t.ema_decay, seed=cfg.seed, device=t.device,
-            checkpoint_dir=art / "train", progress=progress,
-        )
+        trainer = _trainer(cfg, model, objective, checkpoint_dir=art / "train", progress=progress)
         t_train = time.perf_counter()
         history = trainer.fit(train_set, val_set)
         train_seconds = time.perf_counter() - t_train
@@ -173,6 +193,7 @@ def run_experiment(
         metrics.update(
             {
                 "train_seconds": train_seconds,
+                "training": trainer.summary(),
                 "history": history,
                 "resumed_from_epoch": trainer.resumed_from_epoch,
                 "noise": noise_info,

@@ -67,6 +67,18 @@ class Objective:
         self.progress = float(epoch)
         self.total_epochs = int(total_epochs)
 
+    def after_backward(self, model: nn.Module) -> None:
+        """Called by the Trainer between the backward pass and the optimiser step (AWP
+        restores its perturbed weights here, so the step applies to the original ones)."""
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> Any:
+        """Called by the Trainer after each epoch (0-based); may return a
+        :class:`~robustlab.train.monitors.EpochVerdict` to add metrics to the epoch's record
+        or to stop or roll back training (the catastrophic-overfitting check of
+        ``fgsm-rs``). The base class returns ``None``, and the Trainer then keeps no
+        per-epoch weight snapshot."""
+        return None
+
     def trainable_modules(self) -> list[nn.Module]:
         """Modules besides the model whose parameters the Trainer optimises too (e.g. the
         peer network of co-teaching). They are switched to train/eval mode with the model;

@@ -1,24 +1,42 @@
 """The one training loop.
 
 ``Trainer`` owns the optimiser, the learning-rate schedule, autocast, weight EMA,
-checkpoints with exact resume, progress and logging. What differs between methods is
-the :class:`~robustlab.train.objectives.Objective`.
+checkpoints with exact resume, robust validation, best-checkpoint selection, early
+stopping, progress and logging. What differs between methods is the
+:class:`~robustlab.train.objectives.Objective`.
 
 >>> from robustlab import data, models, train
 >>> ds = data.load("digits")
 >>> net = models.for_dataset("mlp", ds)
 >>> history = train.Trainer(net, train.ERM("ce"), epochs=5, lr=0.05).fit(ds)
+
+Adversarial training with robust validation and the selection of the most robust
+checkpoint against robust overfitting (Rice, Wong & Kolter 2020, "Overfitting in
+adversarially robust deep learning", Sec. 3-4):
+
+>>> obj = train.create("pgd-at", eps=0.1)
+>>> t = train.Trainer(net, obj, epochs=30, val_attack="pgd", select="robust", early_stopping=5)
+>>> history = t.fit(train_split, val_split)   # t.summary()["best_epoch"]
+
+Objective hooks the Trainer calls besides ``loss`` (all optional, see
+:class:`~robustlab.train.objectives.Objective`): ``check_training`` and ``setup`` before
+training (and ``bind(model, seed)`` when the objective has it), ``start_epoch`` and
+``set_progress`` during it, ``after_backward(model)``
+between the backward pass and the optimiser step (AWP restores its perturbed weights
+there), and ``end_epoch(model, epoch) -> EpochVerdict | None`` after each epoch (the
+catastrophic-overfitting check of ``fgsm-rs``; see :mod:`robustlab.train.monitors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +47,7 @@ from robustlab._atomic import atomic_path
 from robustlab.data.base import Dataset
 from robustlab.errors import CheckpointError, ConfigError, NonFiniteInputError
 from robustlab.train.ema import WeightEMA
+from robustlab.train.monitors import EpochVerdict, robust_accuracy
 from robustlab.train.objectives import ERM, Objective
 from robustlab.train.schedules import SCHEDULES, lr_factor
 from robustlab.validation import check_labels, check_shape
@@ -37,12 +56,22 @@ log = logging.getLogger("robustlab.train")
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CHECKPOINT_NAME = "last.pt"
+BEST_NAME = "best.pt"
+SELECT = ("robust", "clean")
+#: attack settings of the robust validation when ``val_attack="pgd"`` and no parameters
+#: are given: PGD-10 with step eps/4 (Rice et al. 2020's validation attack, 2/255 at 8/255)
+DEFAULT_VAL_PGD = {"steps": 10, "rel_step_size": 0.25}
 
 
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed derived deterministically from ``parts`` (stable across runs)."""
     digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _is_count(metric: str) -> bool:
+    """Metrics named ``*_count`` are summed over the epoch instead of averaged."""
+    return metric.endswith("_count")
 
 
 class Trainer:
@@ -56,17 +85,40 @@ class Trainer:
     schedule: ``"constant"``, ``"cosine"``, ``"multistep"`` or ``"onecycle"``;
         ``warmup_epochs`` adds a linear warm-up; ``milestones``/``gamma`` for multistep.
     grad_clip: clip the global gradient norm to this value (None: no clipping).
-    amp: autocast on CUDA (``"bf16"``/``True`` or ``"fp16"`` with a gradient scaler);
-        ignored on CPU, where training runs in float32.
-    ema_decay: keep an exponential moving average of the weights; at the end of
-        training the averaged weights are loaded into the model.
+    amp: autocast on CUDA (``"bf16"``/``True``, or ``"fp16"`` with a gradient scaler)
+        for the training steps, adversarial generation included; validation and
+        end-of-epoch checks always run in float32. Ignored on CPU (float32 throughout).
+    channels_last: on CUDA, keep image models and batches in channels-last memory format.
+    ema_decay: keep an exponential moving average of the weights; validation uses the
+        averaged weights, and at the end of training they are loaded into the model.
     seed: seeds initial shuffling, dropout and objectives' generators per epoch
         (the global RNG state is restored after every epoch).
     device: where to train.
     checkpoint_dir: write ``last.pt`` there after every epoch (atomically) and resume
-        from it when present, bit-exactly on the same machine.
+        from it when present, bit-exactly on the same machine. With ``select`` the best
+        weights so far are also written to ``best.pt`` (and kept inside ``last.pt``, so
+        resuming keeps them).
     progress: show a progress bar (default: only when stderr is a terminal).
     callbacks: functions ``cb(trainer, record)`` called after each epoch's checkpoint.
+
+    Validation (``fit(train, val)``): clean accuracy on ``val`` every epoch
+    (``val_accuracy``) and, with ``val_attack``, robust accuracy (``val_robust_accuracy``)
+    every ``val_every`` epochs and after the last one.
+
+    val_attack: an attack registry name (``"pgd"``, ``"fast"``, ...) for robust
+        validation, or None. ``val_attack_params`` are its parameters (default for
+        ``pgd``: 10 steps of eps/4, Rice et al. 2020's validation attack).
+    val_norm, val_eps: the validation threat model; default: the objective's
+        (``objective.threat``, e.g. the eps adversarial training uses). Required for
+        objectives without a threat model (ERM).
+    val_every: robust validation every this many epochs (and after the last).
+    val_subset: robustly validate on this many points of ``val`` (a fixed seeded
+        subset; None: all).
+    select: ``"robust"`` (robust validation accuracy) or ``"clean"`` (clean validation
+        accuracy): keep the weights of the best epoch and load them at the end
+        (best-checkpoint selection, Rice et al. 2020). None: keep the last weights.
+    early_stopping: stop when the ``select`` metric has not improved for this many
+        validations (patience); None: never stop early.
     """
 
     def __init__(
@@ -87,12 +139,21 @@ class Trainer:
         gamma: float = 0.1,
         grad_clip: float | None = None,
         amp: bool | str = False,
+        channels_last: bool = False,
         ema_decay: float | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
         checkpoint_dir: str | Path | None = None,
         progress: bool | None = None,
         callbacks: Sequence[Callable[[Trainer, dict[str, Any]], None]] = (),
+        val_attack: str | None = None,
+        val_attack_params: Mapping[str, Any] | None = None,
+        val_norm: str | None = None,
+        val_eps: float | str | None = None,
+        val_every: int = 1,
+        val_subset: int | None = None,
+        select: str | None = None,
+        early_stopping: int | None = None,
     ) -> None:
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}.")
@@ -104,6 +165,8 @@ class Trainer:
             raise ConfigError(f"lr must be a positive number, got {lr}.")
         if warmup_epochs < 0 or warmup_epochs > epochs:
             raise ConfigError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
+        if amp not in (False, True, "bf16", "fp16"):
+            raise ConfigError(f"amp must be False, True, 'bf16' or 'fp16', got {amp!r}.")
         self.model = model
         self.objective = objective if objective is not None else ERM("ce")
         self.epochs = int(epochs)
@@ -119,16 +182,69 @@ class Trainer:
         self.gamma = gamma
         self.grad_clip = grad_clip
         self.amp = amp
+        self.channels_last = bool(channels_last)
         self.ema_decay = ema_decay
         self.seed = int(seed)
         self.device = torch.device(device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
         self.callbacks = list(callbacks)
+        self._init_validation(val_attack, val_attack_params, val_norm, val_eps, val_every, val_subset, select, early_stopping)
         self.history: list[dict[str, Any]] = []
         self.ema: WeightEMA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: Any = None
         self.resumed_from_epoch = 0
+        self._reset_run_state()
+
+    def _init_validation(
+        self,
+        val_attack: str | None,
+        val_attack_params: Mapping[str, Any] | None,
+        val_norm: str | None,
+        val_eps: float | str | None,
+        val_every: int,
+        val_subset: int | None,
+        select: str | None,
+        early_stopping: int | None,
+    ) -> None:
+        from robustlab import attacks
+
+        if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+            raise ConfigError(f"val_every must be an int >= 1, got {val_every!r}.")
+        if val_subset is not None and val_subset < 1:
+            raise ConfigError(f"val_subset must be >= 1 (or None for all points), got {val_subset}.")
+        if select is not None and select not in SELECT:
+            raise ConfigError(
+                f"select must be 'robust' (robust validation accuracy), 'clean' or None, got {select!r}."
+            )
+        if select == "robust" and val_attack is None:
+            raise ConfigError("select='robust' needs a robust validation: set val_attack (e.g. 'pgd' or 'fast').")
+        if early_stopping is not None:
+            if isinstance(early_stopping, bool) or not isinstance(early_stopping, int) or early_stopping < 1:
+                raise ConfigError(f"early_stopping is a patience in validations, an int >= 1; got {early_stopping!r}.")
+            if select is None:
+                raise ConfigError(
+                    "early_stopping watches the select metric: set select='robust' or 'clean' as well."
+                )
+        if (val_norm is None) != (val_eps is None):
+            raise ConfigError("give both val_norm and val_eps (or neither, to use the objective's threat model).")
+        self.val_threat = None if val_norm is None else attacks.ThreatModel(val_norm, val_eps)  # type: ignore[arg-type]
+        self.val_attack_name = val_attack
+        params = dict(val_attack_params or {})
+        if val_attack is not None and not params and attacks.attacks.canonical(val_attack) == "pgd":
+            params = dict(DEFAULT_VAL_PGD)
+        self.val_attack_params = params
+        self.val_attack = None if val_attack is None else attacks.create(val_attack, **params)
+        self.val_every = val_every
+        self.val_subset = val_subset
+        self.select = select
+        self.early_stopping = early_stopping
+
+    def _reset_run_state(self) -> None:
+        self.best: dict[str, Any] | None = None  # {"epoch", "score", "model"}
+        self.since_best = 0
+        self.stop_reason: str | None = None
 
     # -- construction helpers ------------------------------------------------------------
     def _modules(self) -> list[nn.Module]:
@@ -140,7 +256,8 @@ class Trainer:
             m.train(mode)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for module in self._modules():
             for p in module.parameters():
                 if not p.requires_grad:
@@ -157,12 +274,13 @@ class Trainer:
             return torch.optim.Adam(groups, lr=self.lr)
         return torch.optim.AdamW(groups, lr=self.lr)
 
+    def _cuda_amp(self) -> bool:
+        return bool(self.amp) and self.device.type == "cuda"
+
     def _autocast(self) -> Any:
-        if self.amp and self.device.type == "cuda":
+        if self._cuda_amp():
             dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
             return torch.autocast("cuda", dtype=dtype)
-        import contextlib
-
         return contextlib.nullcontext()
 
     def _check_data(self, ds: Dataset, what: str) -> None:
@@ -171,6 +289,19 @@ class Trainer:
             check_shape(ds.x[:1], expected, what=f"model (training on {what})")
         k = getattr(self.model, "num_classes", ds.num_classes)
         check_labels(ds.y, int(k), name=f"{what} labels")
+
+    def _resolve_val_threat(self) -> Any:
+        if self.val_attack is None:
+            return None
+        if self.val_threat is not None:
+            return self.val_threat
+        threat = getattr(self.objective, "threat", None)
+        if threat is None:
+            raise ConfigError(
+                f"robust validation with {self.val_attack_name!r} needs a threat model: the objective "
+                f"{type(self.objective).__name__} has none, so give val_norm and val_eps (e.g. 'linf', 0.1)."
+            )
+        return threat
 
     # -- checkpoints ----------------------------------------------------------------------
     def _checkpoint_path(self) -> Path | None:
@@ -187,10 +318,28 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "objective": self.objective.state_dict(),
             "history": json.dumps(self.history),
+            "best": self.best,
+            "run": json.dumps({"since_best": self.since_best, "stop_reason": self.stop_reason}),
         }
         with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def _save_best_file(self) -> None:
+        """``best.pt``: the selected weights alone, for users (also kept in ``last.pt``)."""
+        if self.checkpoint_dir is None or self.best is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": "robustlab-best-weights/1",
+            "epoch": self.best["epoch"],
+            "metric": self.best["metric"],
+            "score": self.best["score"],
+            "model": self.best["model"],
+        }
+        with atomic_path(self.checkpoint_dir / BEST_NAME) as tmp:
             torch.save(state, tmp)
 
     def _load_checkpoint(self) -> int:
@@ -220,9 +369,75 @@ class Trainer:
             if self.ema is None:
                 self.ema = WeightEMA(self.model, self.ema_decay or state["ema"]["decay"])
             self.ema.load_state_dict(state["ema"])
+        if state.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.objective.load_state_dict(state.get("objective") or {})
         self.history = json.loads(state.get("history") or "[]")
+        self.best = state.get("best")
+        run = json.loads(state.get("run") or "{}")
+        self.since_best = int(run.get("since_best", 0))
+        self.stop_reason = run.get("stop_reason")
         return int(state["epoch"])
+
+    # -- validation -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _evaluation_weights(self) -> Iterator[None]:
+        """The weights validation sees: the EMA weights when EMA is on (restored exactly
+        afterwards), else the model's own."""
+        if self.ema is None:
+            yield
+            return
+        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.ema.copy_to(self.model)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(backup)
+
+    def _val_subset(self, val: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.val_subset is None or self.val_subset >= len(val):
+            return val.x, val.y
+        gen = torch.Generator().manual_seed(derive_seed("val-subset", self.seed))
+        idx = torch.randperm(len(val), generator=gen)[: self.val_subset].sort().values
+        return val.x[idx], val.y[idx]
+
+    def _validate(self, val: Dataset, epoch: int, robust: bool, threat: Any) -> dict[str, float]:
+        """Clean (and robust) validation accuracy in float32, eval mode, EMA weights if on."""
+        out: dict[str, float] = {}
+        with self._evaluation_weights():
+            out["val_accuracy"] = clean_accuracy_of(self.model, val.x, val.y, device=self.device)
+            if robust and self.val_attack is not None:
+                x, y = self._val_subset(val)
+                gen = torch.Generator(device=self.device).manual_seed(derive_seed("val", self.seed, epoch))
+                out["val_robust_accuracy"] = robust_accuracy(
+                    self.model, x, y, self.val_attack, threat, generator=gen, batch_size=max(self.batch_size, 256)
+                )
+        return out
+
+    def _consider_best(self, epoch: int, record: dict[str, Any]) -> None:
+        key = "val_robust_accuracy" if self.select == "robust" else "val_accuracy"
+        score = record.get(key)
+        if score is None:
+            return
+        if self.best is None or score > self.best["score"]:
+            weights = self.ema.shadow if self.ema is not None else self.model.state_dict()
+            self.best = {
+                "epoch": epoch + 1,
+                "metric": key,
+                "score": float(score),
+                "model": {k: v.detach().clone() for k, v in weights.items()},
+            }
+            self.since_best = 0
+            self._save_best_file()
+        else:
+            self.since_best += 1
+            if self.early_stopping is not None and self.since_best >= self.early_stopping and self.stop_reason is None:
+                self.stop_reason = (
+                    f"early stopping after epoch {epoch + 1}: {key} has not improved for "
+                    f"{self.since_best} validations (best {self.best['score']:.4f} at epoch "
+                    f"{self.best['epoch']})"
+                )
+        record["best_epoch"] = self.best["epoch"]
 
     # -- the loop -------------------------------------------------------------------------
     def _set_lr(self, step: int, total: int, steps_per_epoch: int) -> float:
@@ -241,21 +456,47 @@ class Trainer:
             g["lr"] = lr
         return lr
 
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "ema": None if self.ema is None else {k: v.clone() for k, v in self.ema.state_dict()["shadow"].items()},
+            "ema_updates": None if self.ema is None else self.ema.updates,
+        }
+
+    def _rollback(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        if self.ema is not None and snap["ema"] is not None:
+            self.ema.shadow = snap["ema"]
+            self.ema.updates = snap["ema_updates"]
+
     def fit(self, train: Dataset, val: Dataset | None = None) -> list[dict[str, Any]]:
-        """Train on ``train`` (evaluating clean accuracy on ``val`` each epoch if given).
+        """Train on ``train`` (validating on ``val`` each epoch if given).
 
         Returns the per-epoch history (also kept in ``self.history``). If
         ``checkpoint_dir`` holds a checkpoint of an interrupted run, training resumes
-        after its last finished epoch.
+        after its last finished epoch (a run that stopped early stays stopped).
+        Everything that can be refused is refused before the first step.
         """
         self._check_data(train, "train")
         if val is not None:
             self._check_data(val, "validation")
+        if self.select is not None and val is None:
+            raise ConfigError(f"select={self.select!r} needs validation data: call fit(train, val).")
+        val_threat = self._resolve_val_threat() if val is not None else None
+        self.objective.check_training(self.epochs)
+        self.model.to(self.device)
+        bind = getattr(self.objective, "bind", None)
+        if callable(bind):  # objectives that build modules from the model (co-teaching's peer)
+            bind(self.model, self.seed)
         for m in self._modules():
             m.to(self.device)
-        self.objective.check_training(self.epochs)
+        images = train.x.dim() == 4
+        if self.channels_last and images and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.objective.setup(len(train), train.num_classes)
         self.optimizer = self._make_optimizer()
+        self._reset_run_state()
+        self.scaler = torch.amp.GradScaler("cuda") if self._cuda_amp() and self.amp == "fp16" else None
         if self.ema_decay is not None:
             self.ema = WeightEMA(self.model, self.ema_decay)
         start = self._load_checkpoint()
@@ -267,11 +508,18 @@ class Trainer:
         total = steps_per_epoch * self.epochs
         x_all, y_all = train.x, train.y
         show = self.progress if self.progress is not None else sys.stderr.isatty()
+        end_epoch = getattr(self.objective, "end_epoch", None)
+        if getattr(type(self.objective), "end_epoch", None) is getattr(Objective, "end_epoch", object()):
+            end_epoch = None  # the base class's no-op: no per-epoch weight snapshot needed
+        fmt = torch.channels_last if (self.channels_last and images and self.device.type == "cuda") else None
         for epoch in range(start, self.epochs):
+            if self.stop_reason is not None:
+                break
             seed = derive_seed("epoch", self.seed, epoch)
             gen = torch.Generator().manual_seed(seed)
             obj_gen = torch.Generator(device=self.device).manual_seed(derive_seed("objective", self.seed, epoch))
             self.objective.start_epoch(epoch, obj_gen)
+            snapshot = self._snapshot() if callable(end_epoch) else None
             order = torch.randperm(n, generator=gen)
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
@@ -283,6 +531,8 @@ class Trainer:
                     for b in range(steps_per_epoch):
                         idx = order[b * self.batch_size : (b + 1) * self.batch_size]
                         xb = x_all[idx].to(self.device, non_blocking=True)
+                        if fmt is not None:
+                            xb = xb.contiguous(memory_format=fmt)
                         yb = y_all[idx].to(self.device, non_blocking=True)
                         lr = self._set_lr(epoch * steps_per_epoch + b, total, steps_per_epoch)
                         self.objective.set_progress(epoch + b / steps_per_epoch, self.epochs)
@@ -290,45 +540,97 @@ class Trainer:
                         bs = len(idx)
                         count += bs
                         for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + v * bs
+                            sums[k] = sums.get(k, 0.0) + (v if _is_count(k) else v * bs)
                         bar(loss=sums["loss"] / count, acc=sums.get("accuracy", float("nan")) / count)
-            seconds = time.perf_counter() - t0
-            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
-            record.update({f"train_{k}": v / count for k, v in sums.items()})
-            record["samples_per_s"] = count / max(seconds, 1e-9)
-            if val is not None:
-                record["val_accuracy"] = clean_accuracy_of(self.model, val.x, val.y, device=self.device)
+                seconds = time.perf_counter() - t0
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
+                record.update({f"train_{k}": (v if _is_count(k) else v / count) for k, v in sums.items()})
+                record["samples_per_s"] = count / max(seconds, 1e-9)
+                self._train_mode(False)
+                rolled_back = False
+                if callable(end_epoch):
+                    verdict = end_epoch(self.model, epoch)
+                    if verdict is not None:
+                        if not isinstance(verdict, EpochVerdict):
+                            raise ConfigError(
+                                f"{type(self.objective).__name__}.end_epoch must return an EpochVerdict or None."
+                            )
+                        record.update(verdict.metrics)
+                        if verdict.action == "rollback":
+                            assert snapshot is not None
+                            self._rollback(snapshot)
+                            rolled_back = True
+                        if verdict.action is not None:
+                            self.stop_reason = verdict.reason or f"{type(self.objective).__name__} stopped training"
+                if val is not None and not rolled_back:
+                    due = (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.stop_reason is not None
+                    record.update(self._validate(val, epoch, due, val_threat))
+                    if self.select is not None:
+                        self._consider_best(epoch, record)
+            if self.stop_reason is not None:
+                record["stopped"] = self.stop_reason
+                log.warning("%s", self.stop_reason)
             self.history.append(record)
             log.info("epoch %d: %s", epoch + 1, record)
             self.save_checkpoint(epoch + 1)
             for cb in self.callbacks:
                 cb(self, record)
-        if self.ema is not None:
+        if self.select is not None and self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+        elif self.ema is not None:
             self.ema.copy_to(self.model)
         self._train_mode(False)
         return self.history
+
+    def summary(self) -> dict[str, Any]:
+        """Run-level facts to store with the results: epochs trained, the selected epoch
+        and its score, and why training stopped early (None if it did not)."""
+        return {
+            "epochs_trained": len(self.history),
+            "selected": self.select,
+            "best_epoch": None if self.best is None else self.best["epoch"],
+            "best_metric": None if self.best is None else self.best["metric"],
+            "best_score": None if self.best is None else self.best["score"],
+            "stopped_early": self.stop_reason is not None,
+            "stop_reason": self.stop_reason,
+        }
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
         assert self.optimizer is not None
         with self._autocast():
             per_sample, metrics = self.objective.loss(self.model, xb, yb, idx)
         loss = per_sample.float().mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteInputError(
-                "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
-                "or check the data for extreme values."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        after_backward = getattr(self.objective, "after_backward", None)
+        try:
+            if not torch.isfinite(loss):
+                raise NonFiniteInputError(
+                    "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
+                    "or check the data for extreme values."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        finally:
+            if callable(after_backward):
+                after_backward(self.model)  # e.g. AWP restores its perturbed weights here
         if self.grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             params = [p for m in self._modules() for p in m.parameters()]
             nn.utils.clip_grad_norm_(params, self.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         out = {"loss": float(loss.detach())}
         for k, v in metrics.items():
-            out[k] = float(v.detach().float().mean())
+            v = v.detach().float()
+            out[k] = float(v.sum()) if _is_count(k) else float(v.mean())
         return out
 
 
@@ -359,7 +661,13 @@ class _progress:
 
     def __enter__(self) -> Callable[..., None]:
         if self.show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._p = Progress(
                 TextColumn("{task.description}"),

@@ -80,7 +80,8 @@ def test_protocol_tables_follow_the_reference():
     l1 = dict(standard_members("l1"))
     assert l1["apgd-ce"] == {"steps": 100, "restarts": 5, "large_eps": True}
     assert l1["apgd-t"]["targets"] == 5 and l1["apgd-t"]["large_eps"]
-    assert [m for m, _ in fast_members("l2")] == ["apgd-ce", "pma"]
+    assert [m for m, _ in fast_members("l2")] == ["apgd-ce", "apgd-t", "square"]
+    assert [m for m, _ in fast_members("l1")] == ["apgd-ce", "apgd-t"]  # square has no L1
     assert create("fast").protocol == FAST_PROTOCOL
     assert create("standard", members=["apgd-ce"]).protocol == "robustlab-custom/1"
 

@@ -53,7 +53,7 @@ from robustlab.attacks.base import (
     loss_min_classes,
 )
 from robustlab.attacks.pgd import check_targets, ranked_targets
-from robustlab.attacks.threat import ThreatModel, _per_sample, project_l1_box
+from robustlab.attacks.threat import ThreatModel, _per_sample, draw, project_l1_box
 from robustlab.errors import ConfigError
 
 
@@ -292,7 +292,7 @@ class APGD(Attack):
             x_adv = threat.random_start(x, bounds, ctx.generator, kind="apgd", eps=eps)
             init_l0 = None
         else:
-            x_adv = x_init.clamp(bounds[0], bounds[1])
+            x_adv = threat.clip_to_box(x_init, bounds)
             init_l0 = _l0(x_adv - x)
         track = final and not ctx.training
         loss, grad, logits = ctx.value_and_grad(x_adv, loss_fn, y, aim, clean)
@@ -376,8 +376,7 @@ class APGD(Attack):
             return None if out is None else out[0]
         # the official use_largereps initialisation: a Gaussian draw projected as if it
         # were a perturbation (radius 3 eps), then re-projected around x at each stage
-        g_dev = ctx.generator.device if ctx.generator is not None else torch.device("cpu")
-        noise = torch.randn(x.shape, generator=ctx.generator, device=g_dev, dtype=x.dtype).to(x.device)
+        noise = draw(x.shape, x, ctx.generator, normal=True).to(x.dtype)
         stages = large_eps_schedule(threat.eps, self.steps)
         x_init = project_l1_box(x + noise, x, stages[0][0], ctx.bounds)
         out = None

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -215,6 +216,29 @@ def loss_min_classes(name: str, targeted: bool) -> int:
     return lo[1] if targeted else lo[0]
 
 
+def int_param(name: str, value: object, minimum: int) -> int:
+    """An attack parameter that must be an integer ``>= minimum`` (else ConfigError)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def float_param(
+    name: str, value: object, low: float = 0.0, high: float = math.inf, *, open_low: bool = True
+) -> float:
+    """An attack parameter that must be a finite number in ``(low, high]`` (``[low, high]``
+    when not ``open_low``; else ConfigError)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+    ok_low = v > low if open_low else v >= low
+    if not (math.isfinite(v) and ok_low and v <= high):
+        bracket = "(" if open_low else "["
+        raise ConfigError(f"{name} must be a finite number in {bracket}{low:g}, {high:g}], got {value!r}.")
+    return v
+
+
 def is_success(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Untargeted: prediction != y. Targeted: prediction == target."""
     pred = logits.argmax(1)
@@ -340,6 +364,28 @@ class AttackContext:
         self.forwards += len(x)
         self.backwards += len(x)
         return loss.detach(), grad.detach(), logits.detach()
+
+    def jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the input gradient of every logit, for per-class linearisations
+        (FAB's ``get_diff_logits_grads_batch`` in the official code).
+
+        Returns ``(logits (N, K), jac (N, K, *x.shape[1:]))`` with ``jac[:, j] = d z_j / d x``.
+        Counted as one forward pass and ``K`` backward passes per sample (one
+        vector-Jacobian product per class). Only input gradients are computed.
+        """
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            with self.autocast(x.device):
+                out = self.model(xr)
+            logits = _full_precision(out)
+            k = logits.shape[1]
+            grads = [
+                torch.autograd.grad(logits[:, j].sum(), xr, retain_graph=j < k - 1)[0]
+                for j in range(k)
+            ]
+        self.forwards += len(x)
+        self.backwards += len(x) * k
+        return logits.detach(), torch.stack(grads, 1).detach()
 
     def record_rows(self, key: str, values: torch.Tensor, fill: float) -> None:
         """Record one value per row handed to :meth:`Attack.perturb`; the template

@@ -24,6 +24,9 @@ step once the objective has not decreased by 0.01% over a tenth of the steps; he
 that check is made per sample (the authors check the batch total), so one point's
 progress never depends on the others in its batch.
 
+``info["min_norm"]`` of the result holds, per point, the smallest adversarial L2 norm
+seen (``inf`` where none was found, ``0`` for points misclassified when clean).
+
 Within a threat model (L2 only), a point is broken when an adversarial iterate with
 ``||x' - x||_2 <= eps`` was seen; the smallest such iterate is returned. Points without
 one return the smallest adversarial iterate found at any norm (or ``x``), which the
@@ -36,30 +39,20 @@ import math
 
 import torch
 
-from robustlab.attacks.base import Attack, AttackContext, attacks, margin_loss
+from robustlab.attacks.base import (
+    Attack,
+    AttackContext,
+    attacks,
+    float_param,
+    int_param,
+    margin_loss,
+)
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import ConfigError
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 _NO_UPPER = 1e10  # "no successful constant known yet", as in the reference code
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        rel = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be a finite number {rel}, got {value!r}.")
-    return v
 
 
 def _hinge(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, kappa: float) -> torch.Tensor:
@@ -102,11 +95,11 @@ class CarliniWagnerL2(Attack):
         kappa: float = 0.0,
         abort_early: bool = True,
     ) -> None:
-        self.steps = _check_int("steps", steps, 1)
-        self.binary_search_steps = _check_int("binary_search_steps", binary_search_steps, 1)
-        self.initial_const = _check_positive("initial_const", initial_const)
-        self.lr = _check_positive("lr", lr)
-        self.kappa = _check_positive("kappa", kappa, allow_zero=True)
+        self.steps = int_param("steps", steps, 1)
+        self.binary_search_steps = int_param("binary_search_steps", binary_search_steps, 1)
+        self.initial_const = float_param("initial_const", initial_const)
+        self.lr = float_param("lr", lr)
+        self.kappa = float_param("kappa", kappa, open_low=False)
         if not isinstance(abort_early, bool):
             raise ConfigError(f"abort_early must be True or False, got {abort_early!r}.")
         self.abort_early = abort_early
@@ -186,6 +179,8 @@ class CarliniWagnerL2(Attack):
             lower = torch.where(found, lower, torch.maximum(lower, const))
             known = upper < _NO_UPPER * 0.1
             const = torch.where(known, (lower + upper) / 2, torch.where(found, const, const * 10))
+        # the smallest adversarial L2 norm seen per point (inf: none found)
+        ctx.record_rows("min_norm", best_any_l2, fill=0.0)
         inside = (best_in_l2 < math.inf).reshape(shape1)
         return torch.where(inside, best_in, best_any)
 

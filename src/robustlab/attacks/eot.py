@@ -92,6 +92,7 @@ class EOT(Attack):
         self.params = dict(params or {}) if isinstance(attack, str) else self._inner.get_params()
         self.norms = self._inner.norms  # type: ignore[misc]
         self.targeted_ok = self._inner.targeted_ok  # type: ignore[misc]
+        self.black_box = self._inner.black_box  # type: ignore[misc]
 
     def required_classes(self, targeted: bool) -> int:
         return self._inner.required_classes(targeted)

@@ -35,11 +35,13 @@ from robustlab.attacks.base import (
     AttackContext,
     attack_mode,
     attacks,
+    float_param,
+    int_param,
     is_success,
     margin_loss,
     model_bounds,
 )
-from robustlab.attacks.threat import Bounds, ThreatModel
+from robustlab.attacks.threat import Bounds, ThreatModel, _flat_norm, _per_sample, draw
 from robustlab.errors import ConfigError
 from robustlab.validation import check_inputs, check_labels, check_shape
 
@@ -50,16 +52,6 @@ _EXCLUDED = 1e10  # the true class's logit difference: never the closest boundar
 
 
 # -- norms -------------------------------------------------------------------------------
-def _lp_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-row Lp norm of ``v`` (any shape ``(N, ...)``)."""
-    flat = v.reshape(len(v), -1)
-    if norm == "linf":
-        return flat.abs().amax(1)
-    if norm == "l2":
-        return flat.norm(p=2, dim=1)
-    return flat.abs().sum(1)
-
-
 def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     """Dual norm over the last axis: ``||g||_1`` for L-inf, ``||g||_2`` for L2, ``||g||_inf`` for L1.
 
@@ -71,10 +63,6 @@ def _dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l2":
         return g.norm(p=2, dim=-1)
     return g.abs().amax(-1)
-
-
-def _per_row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((len(v),) + (1,) * (like.dim() - 1))
 
 
 # -- FAB's sub-problem: projection onto hyperplane ∩ box -----------------------------------
@@ -155,33 +143,20 @@ def project_hyperplane_box(
 
 
 # -- counted linearisations ----------------------------------------------------------------
-def _class_jacobian(
+def _class_differences(
     ctx: AttackContext, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logit differences ``f_j - f_y`` and their input gradients for every class ``j``.
-
-    One forward pass and one backward pass per class (counted like
-    :meth:`AttackContext.value_and_grad`: ``forwards += N``, ``backwards += N`` per
-    gradient). Returns ``(logits, df (N, K), dg (N, K, D))`` with ``df[:, y]`` set to a huge
-    value so the true class is never the closest boundary.
-    """
-    xr = x.detach().requires_grad_(True)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logit differences ``f_j - f_y`` and their input gradients for every class ``j``
+    (from :meth:`AttackContext.jacobian`: one forward pass and one backward pass per
+    class). Returns ``(df (N, K), dg (N, K, D))`` with ``df[:, y]`` set to a huge value
+    so the true class is never the closest boundary."""
     n = len(x)
     rows = torch.arange(n, device=x.device)
-    with torch.enable_grad():
-        logits = ctx.model(xr)
-        k = logits.shape[1]
-        z_y = logits[rows, y]
-        grads = []
-        for j in range(k):
-            (g,) = torch.autograd.grad((logits[:, j] - z_y).sum(), xr, retain_graph=j < k - 1)
-            grads.append(g.reshape(n, -1))
-    ctx.forwards += n
-    ctx.backwards += n * k
-    logits = logits.detach()
+    logits, jac = ctx.jacobian(x)
+    jac = jac.reshape(n, logits.shape[1], -1)
     df = logits - logits[rows, y][:, None]
     df[rows, y] = _EXCLUDED
-    return logits, df, torch.stack(grads, 1)
+    return df, jac - jac[rows, y][:, None]
 
 
 def _pair_difference(logits: torch.Tensor, y: torch.Tensor, aim: torch.Tensor) -> torch.Tensor:
@@ -190,24 +165,6 @@ def _pair_difference(logits: torch.Tensor, y: torch.Tensor, aim: torch.Tensor) -
 
 
 # -- the attack ------------------------------------------------------------------------------
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_float(name: str, value: object, low: float, high: float, *, open_low: bool = True) -> float:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-    ok_low = v > low if open_low else v >= low
-    if not (math.isfinite(v) and ok_low and v <= high):
-        bracket = "(" if open_low else "["
-        raise ConfigError(f"{name} must lie in {bracket}{low}, {high}], got {value!r}.")
-    return v
-
-
 @attacks.register("fab")
 class FAB(Attack):
     """Untargeted Fast Adaptive Boundary attack (Croce & Hein 2020, Algorithm 1).
@@ -227,8 +184,11 @@ class FAB(Attack):
     Within a threat model, a point counts as broken when the smallest adversarial
     perturbation found has norm ``<= eps``; broken points are not attacked by later
     restarts/targets, and unbroken points are returned unchanged (as the official code).
-    :func:`fab_min_norm` instead spends every run on every point and returns the
-    smallest norm found per point.
+    A broken point also stops being computed within the current run (the official code
+    keeps refining its norm until the run ends, which cannot change whether it is
+    broken). ``info["min_norm"]`` of the result holds the smallest adversarial norm found
+    per point (``inf``: none; ``0``: misclassified when clean). :func:`fab_min_norm`
+    instead spends every run on every point and returns the smallest norm found per point.
 
     Parameters (defaults from fra31/auto-attack ``fab_base.py``)
     ----------
@@ -248,11 +208,11 @@ class FAB(Attack):
         beta: float = 0.9,
         alpha_max: float = 0.1,
     ) -> None:
-        self.n_restarts = _check_int("n_restarts", n_restarts, 1)
-        self.n_iter = _check_int("n_iter", n_iter, 1)
-        self.eta = _check_float("eta", eta, 0.0, math.inf)
-        self.beta = _check_float("beta", beta, 0.0, 1.0)
-        self.alpha_max = _check_float("alpha_max", alpha_max, 0.0, 1.0, open_low=False)
+        self.n_restarts = int_param("n_restarts", n_restarts, 1)
+        self.n_iter = int_param("n_iter", n_iter, 1)
+        self.eta = float_param("eta", eta, 0.0, math.inf)
+        self.beta = float_param("beta", beta, 0.0, 1.0)
+        self.alpha_max = float_param("alpha_max", alpha_max, 0.0, 1.0, open_low=False)
 
     # the runs a point goes through: (kind, class per point or None)
     def _runs(
@@ -271,7 +231,10 @@ class FAB(Attack):
         target: torch.Tensor | None,
     ) -> torch.Tensor:
         best, best_norm = self.search(ctx, x, y, threat, target, stop_at=threat.eps)
-        found = _per_row(best_norm <= threat.eps, x)
+        # the smallest adversarial norm found per point (inf: none found; an upper bound on
+        # the minimal norm, since a point stops being refined once it is within eps)
+        ctx.record_rows("min_norm", best_norm, fill=0.0)
+        found = _per_sample(best_norm <= threat.eps, x)
         return torch.where(found, best, x)
 
     def search(
@@ -284,9 +247,9 @@ class FAB(Attack):
         stop_at: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All runs of FAB on ``x``; returns the smallest adversarial found per point and its
-        norm (``inf`` where none was found). A point whose best norm is ``<= stop_at`` is
-        not attacked by later runs. ``threat`` gives the norm, the start radius (its eps)
-        and the box clipping."""
+        norm (``inf`` where none was found). A point whose best norm is ``<= stop_at`` stops
+        being computed (within the current run and in later runs). ``threat`` gives the
+        norm and the start radius (its eps)."""
         best = x.detach().clone()
         best_norm = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
         for kind, cls in self._runs(ctx, x, y, target):
@@ -305,6 +268,7 @@ class FAB(Attack):
                     best,
                     best_norm,
                     rows,
+                    stop_at,
                 )
         return best, best_norm
 
@@ -318,8 +282,7 @@ class FAB(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``df (N, J)`` and ``dg (N, J, D)``: the boundaries FAB may step to."""
         if kind == "untargeted":
-            _, df, dg = _class_jacobian(ctx, x1, y)
-            return df, dg
+            return _class_differences(ctx, x1, y)
         assert cls is not None
         if kind == "steer":  # FAB-T: the boundary between y and the aimed class
             val, grad, _ = ctx.value_and_grad(x1, _pair_difference, y, cls)
@@ -339,23 +302,20 @@ class FAB(Attack):
         best: torch.Tensor,
         best_norm: torch.Tensor,
         rows: torch.Tensor,
+        stop_at: float,
     ) -> None:
-        """One FAB run (Algorithm 1) for the tracked ``rows``; updates ``best``/``best_norm``."""
+        """One FAB run (Algorithm 1) for the tracked ``rows``; updates ``best``/``best_norm``.
+        Points whose best norm falls to ``<= stop_at`` leave the run (their trajectory
+        no longer matters; the others' do not depend on them)."""
         norm, bounds = threat.norm, ctx.bounds
-
-        def clip(z: torch.Tensor) -> torch.Tensor:
-            # projecting z onto the ball around itself is the identity: only the box acts
-            return threat.project(z, z, bounds)
-
-        n = len(x0)
-        x0f = x0.reshape(n, -1)
         goal = cls if kind == "target" else None
         x1 = x0.clone()
         if random_start:
-            x1 = clip(x0 + _random_direction(x0, norm, ctx.generator) * _per_row(
-                0.5 * best_norm[rows].clamp_max(threat.eps), x0))
-        ar = torch.arange(n, device=x0.device)
+            x1 = threat.clip_to_box(x0 + _random_direction(x0, norm, ctx.generator) * _per_sample(
+                0.5 * best_norm[rows].clamp_max(threat.eps), x0), bounds)
         for _ in range(self.n_iter):
+            n = len(x0)
+            x0f, ar = x0.reshape(n, -1), torch.arange(n, device=x0.device)
             df, dg = self._linearise(ctx, x1, y, cls, kind)
             dist = df.abs() / (_dual_norm(dg, norm) + 1e-12)
             j = dist.argmin(1)
@@ -366,20 +326,27 @@ class FAB(Attack):
                 torch.cat((x1f, x0f)), torch.cat((w, w)), torch.cat((b, b)), bounds, norm
             )
             d1, d2 = d[:n], d[n:]
-            a1 = _lp_norm(d1, norm).clamp_min(1e-8)
-            a2 = _lp_norm(d2, norm).clamp_min(1e-8)
+            a1 = _flat_norm(d1, norm).clamp_min(1e-8)
+            a2 = _flat_norm(d2, norm).clamp_min(1e-8)
             alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max)[:, None]
             step = (x1f + self.eta * d1) * (1 - alpha) + (x0f + self.eta * d2) * alpha
-            x1 = clip(step.reshape(x0.shape))
+            x1 = threat.clip_to_box(step.reshape(x0.shape), bounds)
             adv = is_success(ctx.logits(x1), y, goal)
             if bool(adv.any()):
-                size = _lp_norm(x1 - x0, norm)
+                size = _flat_norm(x1 - x0, norm)
                 better = adv & (size < best_norm[rows])
                 if bool(better.any()):
                     best[rows[better]] = x1[better]
                     best_norm[rows[better]] = size[better]
-                back = _per_row(adv, x1)
+                back = _per_sample(adv, x1)
                 x1 = torch.where(back, x0 + self.beta * (x1 - x0), x1)
+                keep = best_norm[rows] > stop_at
+                if not bool(keep.all()):
+                    if not bool(keep.any()):
+                        return
+                    x0, x1, y, rows = x0[keep], x1[keep], y[keep], rows[keep]
+                    cls = None if cls is None else cls[keep]
+                    goal = None if goal is None else goal[keep]
 
 
 @attacks.register("fab-t")
@@ -406,7 +373,7 @@ class FABT(FAB):
         n_target_classes: int = 9,
     ) -> None:
         super().__init__(n_restarts=n_restarts, n_iter=n_iter, eta=eta, beta=beta, alpha_max=alpha_max)
-        self.n_target_classes = _check_int("n_target_classes", n_target_classes, 1)
+        self.n_target_classes = int_param("n_target_classes", n_target_classes, 1)
 
     def _runs(
         self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
@@ -424,13 +391,8 @@ class FABT(FAB):
 def _random_direction(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
     """A random direction of unit Lp norm per sample, drawn as in the official code
     (uniform in [-1, 1]^d for L-inf, Gaussian for L2 and L1)."""
-    g_dev = generator.device if generator is not None else torch.device("cpu")
-    if norm == "linf":
-        t = 2 * torch.rand(x.shape, generator=generator, device=g_dev, dtype=x.dtype) - 1
-    else:
-        t = torch.randn(x.shape, generator=generator, device=g_dev, dtype=x.dtype)
-    t = t.to(x.device)
-    return t / _per_row(_lp_norm(t, norm).clamp_min(1e-12), t)
+    t = 2 * draw(x.shape, x, generator) - 1 if norm == "linf" else draw(x.shape, x, generator, normal=True)
+    return t / _per_sample(_flat_norm(t, norm).clamp_min(1e-12), t)
 
 
 # -- minimum norm, without a budget -------------------------------------------------------------

@@ -14,7 +14,7 @@ from robustlab.attacks.base import (
     is_success,
     loss_min_classes,
 )
-from robustlab.attacks.threat import ThreatModel
+from robustlab.attacks.threat import ThreatModel, draw
 from robustlab.errors import ConfigError
 
 
@@ -119,9 +119,8 @@ class PGD(Attack):
 
     def _start(self, ctx: AttackContext, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         if self.init_std is not None:
-            g_dev = ctx.generator.device if ctx.generator is not None else torch.device("cpu")
-            noise = torch.randn(x.shape, generator=ctx.generator, device=g_dev, dtype=x.dtype)
-            return threat.project(x + self.init_std * noise.to(x.device), x, ctx.bounds)
+            noise = draw(x.shape, x, ctx.generator, normal=True).to(x.dtype)
+            return threat.project(x + self.init_std * noise, x, ctx.bounds)
         if self.random_start:
             return threat.random_start(x, ctx.bounds, ctx.generator)
         return x.clone()
@@ -138,7 +137,9 @@ class PGD(Attack):
         rows: torch.Tensor,
         clean: torch.Tensor | None,
     ) -> torch.Tensor:
-        """One PGD run from a (random) start for the tracked ``rows``; returns the final iterate.
+        """One PGD run from a (random) start for the tracked ``rows``; returns the final
+        iterate (of every point in training; in evaluation, of the points never broken,
+        and the caller reads the tracker instead).
 
         ``aim`` is the class the loss pushes towards (None: away from ``y``); ``goal``
         is what counts as success (None: any misclassification). They differ only in
@@ -146,33 +147,31 @@ class PGD(Attack):
         """
         loss_fn = attack_loss(self.loss)
         alpha = self._alpha(threat)
-        x_adv = self._start(ctx, x, threat)
-        active = torch.arange(len(x), device=x.device)
+        xa = self._start(ctx, x, threat)
+        # the state of the points still attacked, compacted as points break
+        xs, ya, aa, ga, ca, ra = x, y, aim, goal, clean, rows
         stop_early = not ctx.training
         for i in range(self.steps + 1):
-            xa, ya = x_adv[active], y[active]
-            aa = None if aim is None else aim[active]
-            ga = None if goal is None else goal[active]
-            ca = None if clean is None else clean[active]
             if i == self.steps:  # the last iterate only needs a forward pass
                 if stop_early:
                     logits = ctx.logits(xa)
-                    tracker.update(xa, loss_fn(logits, ya, aa, ca), is_success(logits, ya, ga), rows[active])
-                return x_adv
+                    tracker.update(xa, loss_fn(logits, ya, aa, ca), is_success(logits, ya, ga), ra)
+                return xa
             loss, grad, logits = ctx.value_and_grad(xa, loss_fn, ya, aa, ca)
             if stop_early:
                 succ = is_success(logits, ya, ga)
-                tracker.update(xa, loss, succ, rows[active])
-                keep = ~succ  # compact: only still-unbroken points take further steps
-                active = active[keep]
-                if not len(active):
-                    return x_adv
-                xa, grad = xa[keep], grad[keep]
+                tracker.update(xa, loss, succ, ra)
+                if bool(succ.any()):  # compact: only still-unbroken points take further steps
+                    keep = ~succ
+                    if not bool(keep.any()):
+                        return xa
+                    xa, xs, ya, grad, ra = xa[keep], xs[keep], ya[keep], grad[keep], ra[keep]
+                    aa, ga, ca = (None if t is None else t[keep] for t in (aa, ga, ca))
             direction = threat.ascent_direction(
                 grad, sparsity=self.l1_sparsity, x=xa, bounds=ctx.bounds
             ) if threat.norm == "l1" else threat.ascent_direction(grad)
-            x_adv[active] = threat.project(xa + alpha * direction, x[active], ctx.bounds)
-        return x_adv
+            xa = threat.project(xa + alpha * direction, xs, ctx.bounds)
+        return xa
 
     def perturb(
         self,

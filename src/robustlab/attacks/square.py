@@ -28,8 +28,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.base import Attack, AttackContext, attacks, is_success, margin_loss
-from robustlab.attacks.threat import ThreatModel
+from robustlab.attacks.base import (
+    Attack,
+    AttackContext,
+    attacks,
+    float_param,
+    int_param,
+    is_success,
+    margin_loss,
+)
+from robustlab.attacks.threat import ThreatModel, draw
 from robustlab.errors import ConfigError
 
 # p_selection of the official code: iteration thresholds (out of 10,000) where p halves
@@ -72,13 +80,8 @@ def _centred_rectangles(rows: int, cols: int, dtype: torch.dtype, device: torch.
     return pattern / pattern.norm()
 
 
-def _rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    g_dev = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=g_dev, dtype=like.dtype).to(like.device)
-
-
 def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.where(_rand(shape, like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
+    return torch.where(draw(shape, like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -97,7 +100,7 @@ def _eta(
     rectangles with opposite signs, unit L2 norm, randomly transposed (flipped in 1-D).
     ``cache`` keeps the unflipped pattern per window size for the duration of a run."""
     sh, sw = size
-    flip = bool(_rand((1,), like, generator) > 0.5)
+    flip = bool(draw((1,), like, generator) > 0.5)
     pattern = cache.get(size)
     if pattern is None:
         dt, dev = like.dtype, like.device
@@ -153,23 +156,13 @@ class Square(Attack):
         loss: str = "margin",
         resc_schedule: bool = True,
     ) -> None:
-        if isinstance(n_queries, bool) or not isinstance(n_queries, int) or n_queries < 1:
-            raise ConfigError(f"n_queries must be an integer >= 1, got {n_queries!r}.")
-        if isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1:
-            raise ConfigError(f"n_restarts must be an integer >= 1, got {n_restarts!r}.")
-        try:
-            p = float(p_init)
-        except (TypeError, ValueError):
-            raise ConfigError(f"p_init must be a number in (0, 1], got {p_init!r}.") from None
-        if not (0.0 < p <= 1.0):
-            raise ConfigError(f"p_init must lie in (0, 1], got {p_init!r}; the official default is 0.8.")
+        self.n_queries = int_param("n_queries", n_queries, 1)
+        self.n_restarts = int_param("n_restarts", n_restarts, 1)
+        self.p_init = float_param("p_init", p_init, 0.0, 1.0)  # the official default is 0.8
         if loss not in SQUARE_LOSSES:
             raise ConfigError(f"unknown Square loss {loss!r}; choose one of {', '.join(SQUARE_LOSSES)}.")
         if not isinstance(resc_schedule, bool):
             raise ConfigError(f"resc_schedule must be True or False, got {resc_schedule!r}.")
-        self.n_queries = n_queries
-        self.p_init = p
-        self.n_restarts = n_restarts
         self.loss = loss
         self.resc_schedule = resc_schedule
 
@@ -253,13 +246,13 @@ class Square(Attack):
         else:
             x_best = threat.project(x + eps * _signs((n, c, 1, w), x, gen), x, bounds)
         loss_best, success = self._query(ctx, x_best, shape, y, target)
+        # the state of the still-unbroken points, compacted as points break
+        act = (~success).nonzero().squeeze(1)
+        xa, xb, ya, lb = x[act], x_best[act], y[act], loss_best[act]
+        ta = None if target is None else target[act]
         for it in range(self.n_queries):
-            act = (~success).nonzero().squeeze(1)
             if not len(act):
                 break
-            xa, xb = x[act], x_best[act]
-            ya = y[act]
-            ta = None if target is None else target[act]
             p = p_selection(self.p_init, it, self.n_queries, self.resc_schedule)
             sh, sw = self._window(p, h, w, c, l2)
             vh, vw = _randint(h - sh, gen), _randint(w - sw, gen)
@@ -270,11 +263,16 @@ class Square(Attack):
                 cand[:, :, vh:vh + sh, vw:vw + sw] += 2 * eps * _signs((len(act), c, 1, 1), xa, gen)
             cand = threat.project(cand, xa, bounds)
             loss, ok = self._query(ctx, cand, shape, ya, ta)
-            improved = loss < loss_best[act]
-            loss_best[act] = torch.where(improved, loss, loss_best[act])
-            take = improved | ok
-            x_best[act[take]] = cand[take]
-            success[act] = ok
+            improved = loss < lb
+            lb = torch.where(improved, loss, lb)
+            xb = torch.where((improved | ok).reshape(-1, 1, 1, 1), cand, xb)
+            if bool(ok.any()):
+                x_best[act[ok]] = xb[ok]
+                success[act[ok]] = True
+                keep = ~ok
+                act, xa, xb, ya, lb = act[keep], xa[keep], xb[keep], ya[keep], lb[keep]
+                ta = None if ta is None else ta[keep]
+        x_best[act] = xb
         return x_best, success
 
     def _l2_init(

@@ -59,6 +59,24 @@ def _eps_vector(eps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(eps, dtype=like.dtype, device=like.device).expand(len(like))
 
 
+def draw(
+    shape: Sequence[int],
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    normal: bool = False,
+) -> torch.Tensor:
+    """Random numbers for attacks: uniform on ``[0, 1)`` (or standard normal when
+    ``normal``) of ``shape``, drawn from ``generator`` on the generator's own device (CPU
+    when ``None``), in ``like``'s dtype (float32 for non-float32/64 inputs) and moved to
+    ``like``'s device. Attacks pass their ``torch.Generator``; ``None`` would draw from
+    the global RNG, which the attack template never does."""
+    g_dev = generator.device if generator is not None else torch.device("cpu")
+    dt = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    fn = torch.randn if normal else torch.rand
+    return fn(tuple(shape), generator=generator, device=g_dev, dtype=dt).to(like.device)
+
+
 def parse_eps(value: float | str) -> float:
     """Parse an eps written as a number or a fraction such as ``"8/255"``."""
     if isinstance(value, (int, float)):
@@ -256,7 +274,13 @@ class ThreatModel:
             delta = delta * _per_sample(factor, x)
         else:
             delta = project_l1_box(delta, x, e, bounds)
-        return (x + delta).clamp(bounds[0], bounds[1])
+        return self.clip_to_box(x + delta, bounds)
+
+    @staticmethod
+    def clip_to_box(x: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        """Clamp ``x`` into the input box ``[lo, hi]`` (no ball constraint): for attacks such
+        as FAB whose iterates must stay valid inputs but are not bound to the eps-ball."""
+        return x.clamp(bounds[0], bounds[1])
 
     def random_start(
         self,
@@ -282,14 +306,12 @@ class ThreatModel:
         if kind not in START_KINDS:
             raise ConfigError(f"unknown random start {kind!r}; use one of {', '.join(START_KINDS)}.")
         e = self.eps if eps is None else float(eps)
-        g_dev = generator.device if generator is not None else torch.device("cpu")
-        dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
         def rand(*shape: int) -> torch.Tensor:
-            return torch.rand(shape, generator=generator, device=g_dev, dtype=dt).to(x.device)
+            return draw(shape, x, generator)
 
         def randn(*shape: int) -> torch.Tensor:
-            return torch.randn(shape, generator=generator, device=g_dev, dtype=dt).to(x.device)
+            return draw(shape, x, generator, normal=True)
 
         shape = tuple(x.shape)
         if kind == "apgd":
@@ -301,10 +323,10 @@ class ThreatModel:
                 delta = e * t / (_per_sample(_flat_norm(t, "l2"), t) + 1e-12)
             else:
                 delta = project_l1_box(randn(*shape), x, e, bounds)
-            return (x + delta.to(x.dtype)).clamp(bounds[0], bounds[1])
+            return self.clip_to_box(x + delta.to(x.dtype), bounds)
         if self.norm == "linf":
             delta = (2 * rand(*shape) - 1) * e
-            return (x + delta.to(x.dtype)).clamp(bounds[0], bounds[1])
+            return self.clip_to_box(x + delta.to(x.dtype), bounds)
         d = x[0].numel()
         if self.norm == "l2":
             z = randn(*shape)
@@ -317,7 +339,7 @@ class ThreatModel:
             mag = expo[:, :d] / expo.sum(1, keepdim=True)
             signs = torch.where(rand(len(x), d) < 0.5, -1.0, 1.0).to(mag.dtype)
             delta = (e * signs * mag).reshape(shape)
-        return (x + delta.to(x.dtype)).clamp(bounds[0], bounds[1])
+        return self.clip_to_box(x + delta.to(x.dtype), bounds)
 
     def ascent_direction(
         self,

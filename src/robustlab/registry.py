@@ -38,7 +38,7 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
     by_key = {_key(c): c for c in cands}
     hits = difflib.get_close_matches(_key(name), list(by_key), n=n, cutoff=0.5)
     # substring matches help with prefixes such as "wide" -> "wide_resnet"
-    for k, c in by_key.items():
+    for k in by_key:
         if len(hits) >= n:
             break
         if _key(name) and _key(name) in k and k not in hits:

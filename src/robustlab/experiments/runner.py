@@ -89,7 +89,8 @@ def prepare_data(cfg: ExperimentConfig) -> tuple[Any, Any, Any, dict[str, Any] |
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Check every registry name and parameter of ``cfg`` before anything runs or is stored."""
-    from robustlab import data, losses, models, train as train_mod
+    from robustlab import data, losses, models
+    from robustlab import train as train_mod
     from robustlab.attacks import attacks
     from robustlab.registry import check_params
 
@@ -138,7 +139,8 @@ def build_objective(cfg: ExperimentConfig) -> Any:
     """The configured objective; objectives that take a ``loss`` get the configured one."""
     import inspect
 
-    from robustlab import losses, train as train_mod
+    from robustlab import losses
+    from robustlab import train as train_mod
 
     params = cfg.train.resolved_objective_params()
     factory = train_mod.objectives.get(cfg.train.objective)
@@ -164,7 +166,8 @@ def run_experiment(
     that was interrupted (status ``running``/``failed``) resumes from the checkpoint in
     its artifacts folder.
     """
-    from robustlab import models, train as train_mod
+    from robustlab import models
+    from robustlab import train as train_mod
     from robustlab.evaluate import EvaluationSpec, evaluate_model
 
     validate_config(cfg)

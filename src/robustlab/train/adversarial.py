@@ -335,8 +335,47 @@ class PGDAT(AdversarialObjective):
 # =====================================================================================
 # TRADES
 # =====================================================================================
+class _BetaPGDObjective(AdversarialObjective):
+    """Shared constructor of TRADES and MART: a clean term, a ``beta``-weighted KL term, and
+    ``pgd`` from the attack registry maximising :attr:`attack_loss` (official defaults:
+    ``beta=6``, 10 steps of 0.007 at eps 0.031, start ``x + 0.001 * N(0, I)``)."""
+
+    attack_loss: ClassVar[str] = "ce"
+
+    def __init__(
+        self,
+        loss: str | Loss = "ce",
+        loss_params: Mapping[str, Any] | None = None,
+        *,
+        beta: float = 6.0,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        steps: int = 10,
+        step_size: float | str | None = None,
+        rel_step_size: float | None = None,
+        init_std: float | None = 0.001,
+        eps_warmup: float = 0.0,
+        bn_mode: str | None = None,
+    ) -> None:
+        super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
+        self.beta = float(beta)
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"{type(self).__name__} beta must be a finite number >= 0 (it weighs the KL term), got {beta!r}.")
+        self.steps = _check_steps(steps)
+        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.007 / 0.031)
+        self.attack = make_attack(
+            "pgd",
+            steps=self.steps,
+            rel_step_size=self.rel_step,
+            random_start=init_std is None,
+            init_std=init_std,
+            loss=self.attack_loss,
+        )
+        self._record_params(locals())
+
+
 @objectives.register("trades")
-class TRADES(AdversarialObjective):
+class TRADES(_BetaPGDObjective):
     """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness
     and Accuracy", Eq. (5)):
 
@@ -358,36 +397,7 @@ class TRADES(AdversarialObjective):
     loss. Metrics: ``accuracy`` (clean, training mode), ``adv_accuracy``, ``trades_kl``.
     """
 
-    def __init__(
-        self,
-        loss: str | Loss = "ce",
-        loss_params: Mapping[str, Any] | None = None,
-        *,
-        beta: float = 6.0,
-        norm: str = "linf",
-        eps: float | str = 8 / 255,
-        steps: int = 10,
-        step_size: float | str | None = None,
-        rel_step_size: float | None = None,
-        init_std: float | None = 0.001,
-        eps_warmup: float = 0.0,
-        bn_mode: str | None = None,
-    ) -> None:
-        super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.beta = float(beta)
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"TRADES beta must be a finite number >= 0 (it weighs the KL term), got {beta!r}.")
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.007 / 0.031)
-        self.attack = make_attack(
-            "pgd",
-            steps=self.steps,
-            rel_step_size=self.rel_step,
-            random_start=init_std is None,
-            init_std=init_std,
-            loss="kl",
-        )
-        self._record_params(locals())
+    attack_loss = "kl"
 
     def outer(self, model, x, x_adv, y, index, *, metrics=True):  # type: ignore[no-untyped-def]
         logits = model(x)
@@ -421,7 +431,7 @@ def mart_terms(
 
 
 @objectives.register("mart")
-class MART(AdversarialObjective):
+class MART(_BetaPGDObjective):
     """MART, misclassification-aware adversarial training (Wang et al. 2020, "Improving
     Adversarial Robustness Requires Revisiting Misclassified Examples", Eq. (9)):
 
@@ -438,36 +448,7 @@ class MART(AdversarialObjective):
     Metrics: ``accuracy`` (clean, training mode), ``adv_accuracy``.
     """
 
-    def __init__(
-        self,
-        loss: str | Loss = "ce",
-        loss_params: Mapping[str, Any] | None = None,
-        *,
-        beta: float = 6.0,
-        norm: str = "linf",
-        eps: float | str = 8 / 255,
-        steps: int = 10,
-        step_size: float | str | None = None,
-        rel_step_size: float | None = None,
-        init_std: float | None = 0.001,
-        eps_warmup: float = 0.0,
-        bn_mode: str | None = None,
-    ) -> None:
-        super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.beta = float(beta)
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"MART beta must be a finite number >= 0, got {beta!r}.")
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.007 / 0.031)
-        self.attack = make_attack(
-            "pgd",
-            steps=self.steps,
-            rel_step_size=self.rel_step,
-            random_start=init_std is None,
-            init_std=init_std,
-            loss="ce",
-        )
-        self._record_params(locals())
+    attack_loss = "ce"
 
     def outer(self, model, x, x_adv, y, index, *, metrics=True):  # type: ignore[no-untyped-def]
         logits = model(x)

@@ -40,20 +40,38 @@ def test_ls_lists_registries(capsys):
 
 @pytest.mark.slow
 def test_bench_end_to_end_tiny(tmp_path, capsys):
+    """The packaged bench suite, shrunk (2 epochs, 30 attacked points, PGD-2), end to end."""
+    import yaml
+
+    from robustlab.experiments import packaged_config
+
+    tree = yaml.safe_load(packaged_config("bench").read_text())
+    n_runs = len(tree["runs"])
+    for section in [tree["base"], *tree["runs"]]:
+        for a in (section.get("evaluate") or {}).get("attacks", []):
+            a["subset"] = 30
+            if a["name"] == "pgd":
+                a["params"]["steps"] = 2
+    suite = tmp_path / "bench-tiny.yaml"
+    suite.write_text(yaml.safe_dump(tree))
     res = tmp_path / "res"
-    args = ["bench", "--results", str(res), "train.epochs=2", "evaluate.attacks[0].subset=40",
-            "evaluate.attacks[0].params.steps=2"]
+    args = ["bench", "--suite", str(suite), "--results", str(res), "train.epochs=2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     report = res / "report.html"
     assert report.exists() and f"report: {report.resolve()}" in out.replace("\n", "")
     rows = json.loads((res / "report.json").read_text())
     runs = rows["runs"] if isinstance(rows, dict) and "runs" in rows else rows
-    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    assert len(runs) == n_runs and all(r["status"] == "done" for r in runs)
     html = report.read_text()
-    assert "ce/sym-0.4" in html and "<svg" in html
+    assert "ce/sym-0.4" in html and "trades/clean" in html and "<svg" in html
+    standard = [row for r in runs for row in r["metrics"]["robust"] if row["attack"] == "standard"]
+    assert standard and all(row["num_points"] == 30 and "per_attack" in row for row in standard)
     # a rerun of finished configs is a no-op
+    from robustlab.experiments import ResultsStore
+
     assert main(args) == 0
+    assert all(r.attempts == 1 for r in ResultsStore(res).list())
     assert main(["runs", "--results", str(res)]) == 0
 
 

@@ -125,3 +125,14 @@ def test_adversarial_training_run_with_robust_validation_and_selection(tmp_path)
     scores = [h["val_robust_accuracy"] for h in m["history"]]
     assert m["training"]["best_epoch"] == 1 + max(range(len(scores)), key=lambda i: (scores[i], -i))
     assert all("train_adv_accuracy" in h for h in m["history"])
+
+
+def test_runs_report_last_and_best_epoch_test_accuracy(tmp_path):
+    rec = run_experiment(make_config({"noise": {"kind": "symmetric", "rate": 0.4}}, TINY),
+                         ResultsStore(tmp_path), progress=False)
+    m = rec.metrics
+    curve = [h["test_accuracy"] for h in m["history"]]
+    assert len(curve) == 3 and m["test_accuracy_last"] == curve[-1] and m["test_accuracy_best"] == max(curve)
+    assert curve[m["test_accuracy_best_epoch"] - 1] == max(curve)
+    # the last epoch's weights are the final model: the same clean accuracy
+    assert m["test_accuracy_last"] == pytest.approx(m["clean_accuracy"], abs=1e-6)

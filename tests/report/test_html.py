@@ -121,3 +121,20 @@ def test_dollar_signs_and_underscores_in_names_stay_literal():
     svg = _svgs(render_report(rows, title="t"))[1]  # robust plot legend
     assert ">$x$ cost (pgd)</text>" in svg
     assert "_hidden (pgd)</text>" in svg
+
+
+def test_runs_of_one_loss_with_different_parameters_are_separate_noise_groups():
+    from robustlab.report.plots import noise_groups
+    from robustlab.report.table import normalize_rows
+
+    from .fakes import row
+
+    rows = []
+    for i, (tau, rate) in enumerate([(0.5, 0.0), (0.5, 0.4), (1.5, 0.0), (1.5, 0.4)]):
+        r = row(i, "mlp", rate, name=f"comp-sum tau={tau} rate={rate}")
+        r["config"]["train"]["loss"] = {"name": "comp-sum", "params": {"tau": tau}}
+        rows.append(r)
+    groups, _ = noise_groups(normalize_rows(rows))
+    losses = sorted({key[3] for key in groups})
+    assert losses == ["comp-sum(tau=0.5)", "comp-sum(tau=1.5)"]
+    assert all(len(members) == 2 for members in groups.values())

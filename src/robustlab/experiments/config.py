@@ -143,8 +143,13 @@ class AttackConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    """Attacks run on the final model; ``per_epoch_test`` also records the clean test
+    accuracy after every epoch (watched only, never used for a decision), so runs report
+    last-epoch and best-epoch test accuracy."""
+
     attacks: list[AttackConfig] = Field(default_factory=list)
     batch_size: int = Field(512, ge=1)
+    per_epoch_test: bool = True
 
 
 class ExperimentConfig(_Strict):

@@ -184,7 +184,7 @@ def run_experiment(
         objective = build_objective(cfg)
         trainer = _trainer(cfg, model, objective, checkpoint_dir=art / "train", progress=progress)
         t_train = time.perf_counter()
-        history = trainer.fit(train_set, val_set)
+        history = trainer.fit(train_set, val_set, test=test_set if cfg.evaluate.per_epoch_test else None)
         train_seconds = time.perf_counter() - t_train
         model = model.cpu()
         models.save_model(model, art / "model.safetensors")
@@ -207,11 +207,23 @@ def run_experiment(
                     "num_test": len(test_set),
                 },
                 "final_train_accuracy_noisy_labels": history[-1].get("train_accuracy") if history else None,
+                **test_curve_summary(history),
             }
         )
         return metrics
 
     return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force)
+
+
+def test_curve_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Last-epoch and best-epoch test accuracy from the per-epoch ``test_accuracy`` of a
+    history. ``test_accuracy_best`` is the maximum over epochs, i.e. chosen on the test
+    set: optimistic, reported because the literature often does (ties: the earlier epoch)."""
+    curve = [(h["test_accuracy"], int(h["epoch"])) for h in history if h.get("test_accuracy") is not None]
+    if not curve:
+        return {}
+    best, epoch = max(curve, key=lambda p: (p[0], -p[1]))
+    return {"test_accuracy_last": curve[-1][0], "test_accuracy_best": best, "test_accuracy_best_epoch": epoch}
 
 
 def execute_run(

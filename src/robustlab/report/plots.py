@@ -212,6 +212,10 @@ def robust_plot(runs: Sequence[Run], prefix: str = "fig-robust") -> tuple[str | 
 
 
 # -- (c) training curves ---------------------------------------------------------------------
+#: Training curves are drawn for at most this many runs (one legend entry each).
+MAX_CURVES = 40
+
+
 def history_keys(runs: Sequence[Run]) -> list[str]:
     """Numeric per-epoch keys over all histories (bookkeeping keys skipped), in order of
     first appearance."""
@@ -234,6 +238,12 @@ def history_plot(runs: Sequence[Run], prefix: str = "fig-history") -> tuple[str 
         return None, "No per-epoch training history was recorded for these runs."
     from matplotlib.ticker import MaxNLocator
     with_hist = [(i, r) for i, r in enumerate(runs) if r.history]
+    if len(with_hist) > MAX_CURVES:
+        return None, (
+            f"{len(with_hist)} runs recorded training curves; plotted only up to {MAX_CURVES} runs per "
+            f"report (write a report of a smaller selection, e.g. robustlab report --suite NAME). "
+            f"Every curve is in report.json."
+        )
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     labels_all = [r.label for _, r in with_hist]

@@ -150,6 +150,18 @@ class Run:
         return self.noise_kind is None or not self.noise_rate
 
 
+def _with_params(name: Any, params: Any, preset: Any) -> str | None:
+    """``gce(q=0.7)``, ``sce[cifar10]``: a method's name with what distinguishes its runs."""
+    if name is None:
+        return None
+    text = str(name)
+    if preset:
+        text += f"[{preset}]"
+    if isinstance(params, Mapping) and params:
+        text += "(" + ", ".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
+    return text
+
+
 def _as_row(obj: Any) -> dict[str, Any]:
     if hasattr(obj, "to_dict") and not isinstance(obj, Mapping):
         obj = obj.to_dict()
@@ -210,8 +222,10 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
                 status=str(row.get("status") or "unknown"),
                 dataset=_get(cfg, "data", "name"),
                 model=_get(cfg, "model", "name"),
-                objective=_get(cfg, "train", "objective"),
-                loss=_get(cfg, "train", "loss", "name"),
+                objective=_with_params(_get(cfg, "train", "objective"), _get(cfg, "train", "objective_params"),
+                                       _get(cfg, "train", "objective_preset")),
+                loss=_with_params(_get(cfg, "train", "loss", "name"), _get(cfg, "train", "loss", "params"),
+                                  _get(cfg, "train", "loss", "preset")),
                 noise_kind=noise_kind,
                 noise_rate=noise_rate,
                 flip_rate=flip_rate,

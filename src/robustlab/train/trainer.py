@@ -469,8 +469,15 @@ class Trainer:
             self.ema.shadow = snap["ema"]
             self.ema.updates = snap["ema_updates"]
 
-    def fit(self, train: Dataset, val: Dataset | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self, train: Dataset, val: Dataset | None = None, *, test: Dataset | None = None
+    ) -> list[dict[str, Any]]:
         """Train on ``train`` (validating on ``val`` each epoch if given).
+
+        ``test``, if given, is only *watched*: its clean accuracy under the current
+        training weights is recorded every epoch as ``test_accuracy`` (so last-epoch and
+        best-epoch test accuracy can both be reported, as the noisy-label literature
+        does); nothing is ever decided on it (selection and early stopping use ``val``).
 
         Returns the per-epoch history (also kept in ``self.history``). If
         ``checkpoint_dir`` holds a checkpoint of an interrupted run, training resumes
@@ -480,6 +487,8 @@ class Trainer:
         self._check_data(train, "train")
         if val is not None:
             self._check_data(val, "validation")
+        if test is not None:
+            self._check_data(test, "test")
         if self.select is not None and val is None:
             raise ConfigError(f"select={self.select!r} needs validation data: call fit(train, val).")
         val_threat = self._resolve_val_threat() if val is not None else None
@@ -567,6 +576,8 @@ class Trainer:
                     record.update(self._validate(val, epoch, due, val_threat))
                     if self.select is not None:
                         self._consider_best(epoch, record)
+            if test is not None:
+                record["test_accuracy"] = clean_accuracy_of(self.model, test.x, test.y, device=self.device)
             if self.stop_reason is not None:
                 record["stopped"] = self.stop_reason
                 log.warning("%s", self.stop_reason)

@@ -52,9 +52,13 @@ def _key(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
+_APL_CLIP = ("the official configs also clip the gradient norm to 5.0 (grad_bound); set "
+             "train.grad_clip: 5.0 — without it the bounded losses can collapse to one class")
+
+
 def _apl(loss: str, ds: str, params: dict[str, Any], note: str = "") -> Preset:
     src = _APL_WV.format(loss=loss) if ds == "webvision-mini" else _APL.format(ds=ds, loss=loss)
-    return Preset(loss, ds, params, src, note)
+    return Preset(loss, ds, params, src, f"{note}; {_APL_CLIP}" if note else _APL_CLIP)
 
 
 _NGCE_RCE_NOTE = (

@@ -316,7 +316,7 @@ class Suite(_Strict):
     suite: str = "suite"
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
-    runs: list[dict[str, Any]] = Field(default_factory=lambda: [{}])
+    runs: list[dict[str, Any]] = Field(default_factory=lambda: [dict[str, Any]()])
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     report: dict[str, Any] = Field(default_factory=dict)
 

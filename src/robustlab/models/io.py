@@ -338,7 +338,7 @@ def load_model(
                 f"factory {factory!r} returned a {type(model).__name__}, not a torch.nn.Module."
             )
         if not hasattr(model, "input_bounds"):
-            model.input_bounds = INPUT_BOUNDS
+            setattr(model, "input_bounds", INPUT_BOUNDS)  # noqa: B010
     else:
         from robustlab.models.registry import create
 

@@ -183,10 +183,11 @@ def create(
     model = factory(**full)
     if not isinstance(model, nn.Module):  # pragma: no cover - registry misuse
         raise ConfigError(f"model {canonical!r} factory returned {type(model).__name__}.")
-    model.num_classes = int(num_classes)
-    model.input_shape = (int(in_channels),) if size is None else (int(in_channels), *size)
-    model.input_bounds = INPUT_BOUNDS
-    model.robustlab_config = config
+    # plain attributes every attack and loader reads (setattr: nn.Module types them as tensors)
+    setattr(model, "num_classes", int(num_classes))  # noqa: B010
+    setattr(model, "input_shape", (int(in_channels),) if size is None else (int(in_channels), *size))  # noqa: B010
+    setattr(model, "input_bounds", INPUT_BOUNDS)  # noqa: B010
+    setattr(model, "robustlab_config", config)  # noqa: B010
     return model
 
 

@@ -97,8 +97,10 @@ class SmallCNN(ZooModel):
                 nn.init.kaiming_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.zeros_(self.classifier.fc3.weight)
-        nn.init.zeros_(self.classifier.fc3.bias)
+        fc3 = self.classifier.get_submodule("fc3")
+        assert isinstance(fc3, nn.Linear)
+        nn.init.zeros_(fc3.weight)
+        nn.init.zeros_(fc3.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.feature_extractor(self.normalize(x))))

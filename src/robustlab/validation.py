@@ -5,11 +5,14 @@ with int64 labels in ``[0, num_classes)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
 from robustlab.errors import (
+    ConfigError,
     InvalidInputError,
     LabelError,
     NonFiniteInputError,
@@ -85,4 +88,138 @@ def check_shape(x: torch.Tensor, expected: Sequence[int], *, what: str = "model"
         )
 
 
-__all__ = ["check_inputs", "check_labels", "check_shape"]
+# -- parameters -------------------------------------------------------------------------------
+# One set of validators for every room: attacks, objectives, losses, the Trainer, configs
+# and the CLI check their numbers here, so ``steps=2.5`` or ``steps=True`` is refused the
+# same way everywhere instead of being truncated to 2 or read as 1.
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer parameter (``bool`` and non-integral floats refused), within the bounds.
+
+    Integral floats from YAML or JSON (``10.0``) are accepted as the integer they are.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got the boolean {value!r}.")
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value = int(value)
+    if not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                value = int(value)
+        except ImportError:  # pragma: no cover
+            pass
+    if not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be an integer <= {maximum}, got {value!r}.")
+    return int(value)
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real parameter in the interval given by ``low``/``high`` (open ends with
+    ``low_open``/``high_open``). Booleans and strings are refused, not coerced."""
+    if isinstance(value, bool) or isinstance(value, (str, bytes)) or value is None:
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+    below = low is not None and (v <= low if low_open else v < low)
+    above = high is not None and (v >= high if high_open else v > high)
+    if not math.isfinite(v) or below or above:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{name} must be a finite number in {interval}, got {value!r}.")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """One of ``choices`` (else a ConfigError listing them and the close matches)."""
+    options = list(choices)
+    if value in options:
+        return value
+    from robustlab.registry import close_matches
+
+    near = close_matches(str(value), [str(c) for c in options])
+    hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+    raise ConfigError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}.{hint}")
+
+
+def check_subset(value: Any, name: str = "subset") -> int | None:
+    """A number of points to evaluate on: ``None`` (all) or an integer >= 1."""
+    if value is None:
+        return None
+    return check_int(value, name, minimum=1)
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """A device this process can use: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or a
+    ``torch.device``. Unknown names and accelerators this torch build or machine lacks
+    are refused with what is available, before any work or any stored row."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        if not isinstance(device, str) or not device.strip():
+            raise ConfigError(f"{name} must be a device name such as 'cpu' or 'cuda:0', got {device!r}.")
+        try:
+            dev = torch.device(device.strip())
+        except (RuntimeError, ValueError):
+            raise ConfigError(
+                f"unknown {name} {device!r}; use 'cpu', 'cuda', 'cuda:N' (an NVIDIA GPU) or 'mps' (Apple)."
+            ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "has no CUDA support" if torch.version.cuda is None else "finds no CUDA GPU on this machine"
+            raise ConfigError(
+                f"{name} {str(dev)!r} was asked for, but this torch ({torch.__version__}) {build}; "
+                f"use --device cpu (or install a CUDA build of torch on a machine with a GPU)."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"{name} {str(dev)!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"{name} 'mps' was asked for, but Apple's MPS is not available here; use cpu.")
+        return dev
+    raise ConfigError(
+        f"{name} {str(dev)!r} is not supported by robustlab; use 'cpu', 'cuda', 'cuda:N' or 'mps'."
+    )
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA GPU is usable, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+__all__ = [
+    "check_choice",
+    "check_device",
+    "check_float",
+    "check_inputs",
+    "check_int",
+    "check_labels",
+    "check_shape",
+    "check_subset",
+    "default_device",
+]

@@ -41,7 +41,7 @@ from robustlab.evaluate.metrics import (
     predict_logits,
 )
 from robustlab.evaluate.report import attack_report
-from robustlab.train.trainer import derive_seed
+from robustlab.seeding import derive_seed
 
 
 @dataclass

@@ -30,7 +30,6 @@ catastrophic-overfitting check of ``fgsm-rs``; see :mod:`robustlab.train.monitor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ from torch import nn
 
 from robustlab._atomic import atomic_path
 from robustlab.data.base import Dataset
+from robustlab.seeding import derive_seed
 from robustlab.errors import CheckpointError, ConfigError, NonFiniteInputError
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import EpochVerdict, robust_accuracy
@@ -61,12 +61,6 @@ SELECT = ("robust", "clean")
 #: attack settings of the robust validation when ``val_attack="pgd"`` and no parameters
 #: are given: PGD-10 with step eps/4 (Rice et al. 2020's validation attack, 2/255 at 8/255)
 DEFAULT_VAL_PGD = {"steps": 10, "rel_step_size": 0.25}
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed derived deterministically from ``parts`` (stable across runs)."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _is_count(metric: str) -> bool:

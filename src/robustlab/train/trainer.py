@@ -44,8 +44,8 @@ from torch import nn
 
 from robustlab._atomic import atomic_path
 from robustlab.data.base import Dataset
-from robustlab.seeding import derive_seed
 from robustlab.errors import CheckpointError, ConfigError, NonFiniteInputError
+from robustlab.seeding import derive_seed
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import EpochVerdict, robust_accuracy
 from robustlab.train.objectives import ERM, Objective

@@ -61,6 +61,19 @@ class StoreError(RobustlabError):
     """The results store cannot be opened or written."""
 
 
+class StoreBusyError(StoreError):
+    """Another process holds the results store's write lock (or runs the same config)."""
+
+
+class WriteError(RobustlabError, OSError):
+    """A file could not be written (disk full, file too large, no permission); the
+    message names the operating system's reason, and no partial file is left behind."""
+
+
+class TrainingError(RobustlabError):
+    """Training cannot go on (e.g. the loss became NaN/inf)."""
+
+
 class ReportError(RobustlabError):
     """A report file that cannot be written."""
 
@@ -84,6 +97,9 @@ __all__ = [
     "ChecksumError",
     "CheckpointError",
     "StoreError",
+    "StoreBusyError",
+    "WriteError",
+    "TrainingError",
     "ReportError",
     "RobustlabWarning",
 ]

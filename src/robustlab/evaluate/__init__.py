@@ -1,32 +1,61 @@
-"""Metrics (clean, robust, per-class accuracy, calibration) with per-sample records,
-attack reports with audit flags, and the model-on-dataset evaluation used by experiments.
+"""THE evaluation path and its metrics.
+
+:func:`evaluate` measures a model on points under a list of measurements and returns
+one row type (:class:`ResultRow`); :func:`attack_report`, :func:`robust_accuracy`,
+:func:`evaluate_model`, the experiments' stored evaluations and the Trainer's robust
+validation are thin callers of it. See :mod:`robustlab.evaluate.path` for the protocol.
 """
 
 from __future__ import annotations
 
 from robustlab.evaluate.metrics import (
-    RobustEvaluation,
     auto_batch_size,
     clean_accuracy,
     expected_calibration_error,
     per_class_accuracy,
     predict_logits,
-    robust_accuracy,
+    stage_accuracies,
 )
-from robustlab.evaluate.report import AttackReport, EpsResult, attack_report
-from robustlab.evaluate.suite import EvaluationSpec, evaluate_model
+from robustlab.evaluate.path import (
+    EvaluationSpec,
+    Measurement,
+    as_threats,
+    attack_report,
+    evaluate,
+    robust_accuracy,
+    run_attack,
+    subset_indices,
+)
+from robustlab.evaluate.results import (
+    AttackReport,
+    EpsResult,
+    Evaluation,
+    ResultRow,
+    RobustEvaluation,
+    point_set_id,
+)
+from robustlab.evaluate.suite import evaluate_model
 
 __all__ = [
     "AttackReport",
     "EpsResult",
+    "Evaluation",
     "EvaluationSpec",
+    "Measurement",
+    "ResultRow",
     "RobustEvaluation",
+    "as_threats",
     "attack_report",
     "auto_batch_size",
     "clean_accuracy",
+    "evaluate",
     "evaluate_model",
     "expected_calibration_error",
     "per_class_accuracy",
+    "point_set_id",
     "predict_logits",
     "robust_accuracy",
+    "run_attack",
+    "stage_accuracies",
+    "subset_indices",
 ]

@@ -1,37 +1,36 @@
-"""Metrics: clean, robust, per-class accuracy and calibration, with per-sample records.
+"""Metrics: clean and per-class accuracy, calibration, per-stage robust accuracy.
 
 >>> from robustlab import evaluate
 >>> from robustlab.attacks import ThreatModel
 >>> evaluate.clean_accuracy(model, x, y)
 0.97
->>> res = evaluate.robust_accuracy(model, x, y, ThreatModel("linf", 0.1))  # the standard ensemble
->>> res.accuracy, res.robust  # a float and the per-sample mask
->>> res = evaluate.robust_accuracy(model, x, y, ThreatModel("linf", 0.1), attack="pgd", steps=20)
 
-For per-attack, per-eps and per-class numbers, audit flags, counts and timings use
-:func:`robustlab.evaluate.attack_report`.
+Robust accuracy and everything else that attacks a model goes through the evaluation
+path, :mod:`robustlab.evaluate.path`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, AttackResult, ThreatModel, attacks
-from robustlab.attacks import create as create_attack
 from robustlab.attacks.base import attack_mode, model_device
-from robustlab.errors import ConfigError
-from robustlab.validation import check_inputs, check_labels, check_shape
+from robustlab.errors import InvalidInputError
+from robustlab.validation import check_inputs, check_int, check_labels, check_shape
+
+
+def _not_empty(x: torch.Tensor, what: str) -> None:
+    if isinstance(x, torch.Tensor) and len(x) == 0:
+        raise InvalidInputError(f"{what} got no points (x is empty); pass at least one input.")
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in eval mode (mode restored), on x's device."""
+    _not_empty(x, "predict_logits")
+    check_int(batch_size, "batch_size", minimum=1)
     check_inputs(x, bounds=getattr(model, "input_bounds", (0.0, 1.0)))
     expected = getattr(model, "input_shape", None)
     if expected is not None:
@@ -46,11 +45,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024)
         out = [model(x[i : i + batch_size].to(dev)).float().to(x.device) for i in range(0, len(x), batch_size)]
     finally:
         model.train(was)
-    return torch.cat(out) if out else torch.empty(0, 0)
+    return torch.cat(out)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    _not_empty(x, "clean_accuracy")
     logits = predict_logits(model, x, batch_size=batch_size)
     check_labels(y, logits.shape[1], n=len(x))
     return float((logits.argmax(1) == y.to(logits.device)).float().mean())
@@ -81,42 +81,6 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, *, bins: in
     return float(ece)
 
 
-@dataclass
-class RobustEvaluation:
-    """Robust accuracy of one attack at one threat model, with per-sample records.
-
-    ``per_attack``: for ensembles, robust accuracy after each member (``{"clean": ...,
-    member: ...}``); for single attacks ``{"clean": ..., attack: accuracy}``.
-    """
-
-    attack: str
-    threat: ThreatModel
-    robust: torch.Tensor  # bool per sample: correct and not broken
-    clean_correct: torch.Tensor
-    x_adv: torch.Tensor | None = None
-    forwards: int = 0
-    backwards: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-    per_attack: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def accuracy(self) -> float:
-        return int(self.robust.sum()) / len(self.robust) if len(self.robust) else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "attack": self.attack,
-            "norm": self.threat.norm,
-            "eps": self.threat.eps,
-            "accuracy": self.accuracy,
-            "forwards": self.forwards,
-            "backwards": self.backwards,
-            "params": self.params,
-            "per_attack": dict(self.per_attack),
-        }
-
-
 def auto_batch_size(model: nn.Module, x: torch.Tensor, *, cpu_default: int = 512, max_size: int = 4096) -> int:
     """A batch size that fits the device: on CUDA, measure the peak memory of one
     forward+backward pass on a few points and fill ~60% of the free memory
@@ -142,61 +106,6 @@ def auto_batch_size(model: nn.Module, x: torch.Tensor, *, cpu_default: int = 512
     return int(max(1, min(max_size, n, 0.6 * free / per_point)))
 
 
-def _attack_name(attack: str | Attack) -> str:
-    if isinstance(attack, str):
-        return attacks.canonical(attack)
-    return getattr(type(attack), "registry_name", type(attack).__name__)
-
-
-def run_attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threats: Sequence[ThreatModel],
-    attack: Attack,
-    *,
-    batch_size: int | str = "auto",
-    generator: torch.Generator | None = None,
-    seed: int = 0,
-    amp: bool = False,
-) -> list[list[AttackResult]]:
-    """Run ``attack`` over ``(x, y)`` in batches for every threat model of one norm.
-
-    Batches go to the model's device; results come back on CPU, one list per batch
-    (each a list with one :class:`AttackResult` per threat). ``batch_size="auto"`` uses
-    :func:`auto_batch_size`; on a CUDA out-of-memory error the batch size is halved and
-    the batch retried. Randomness comes from ``generator`` (default: a generator on the
-    model's device seeded with ``seed``).
-    """
-    dev = model_device(model) or x.device
-    if generator is None:
-        generator = torch.Generator(device=dev).manual_seed(seed)
-    if batch_size == "auto":
-        bs = auto_batch_size(model, x)
-    elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
-        bs = batch_size
-    else:
-        raise ConfigError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}.")
-    out: list[list[AttackResult]] = []
-    i = 0
-    while i < len(x):
-        xb, yb = x[i : i + bs].to(dev), y[i : i + bs].to(dev)
-        try:
-            res = attack(model, xb, yb, list(threats), generator=generator, amp=amp)
-        except torch.cuda.OutOfMemoryError:
-            if bs == 1:
-                raise
-            bs = max(1, bs // 2)
-            torch.cuda.empty_cache()
-            continue
-        for r in res:
-            r.x_adv, r.success, r.clean_correct = r.x_adv.cpu(), r.success.cpu(), r.clean_correct.cpu()
-            r.info = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.info.items()}
-        out.append(res)
-        i += len(xb)
-    return out
-
-
 def stage_accuracies(
     clean_correct: torch.Tensor, robust: torch.Tensor, broken_by: torch.Tensor | None, stages: Sequence[str], name: str
 ) -> dict[str, float]:
@@ -211,60 +120,3 @@ def stage_accuracies(
         alive = clean_correct & ((broken_by == -1) | (broken_by > j))
         out[stage] = float(alive.float().sum()) / n
     return out
-
-
-def robust_accuracy(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel | Sequence[ThreatModel],
-    attack: str | Attack = "standard",
-    *,
-    batch_size: int | str = 512,
-    generator: torch.Generator | None = None,
-    seed: int = 0,
-    keep_adversarials: bool = False,
-    amp: bool = False,
-    **attack_params: Any,
-) -> Any:
-    """Robust accuracy of ``model`` on ``(x, y)`` under ``attack`` within ``threat``.
-
-    A sample counts as robust iff the model classifies it correctly *and* the attack
-    does not change that. ``attack`` is a registry name (with ``attack_params``; default
-    the ``standard`` ensemble, AutoAttack's protocol) or an :class:`Attack`.
-    ``threat`` may be a list of threat models of one norm: then a list of results comes
-    back, computed in one pass (points broken at a smaller eps are not attacked again).
-    Randomness comes from ``generator`` (or a fresh one seeded with ``seed``); the global
-    RNG is never touched. ``batch_size`` may be ``"auto"`` (memory-aware on CUDA).
-    """
-    atk = create_attack(attack, **attack_params) if isinstance(attack, str) else attack
-    if not isinstance(attack, str) and attack_params:
-        raise ConfigError("attack parameters go with an attack name, not with an Attack object.")
-    name = _attack_name(attack)
-    single = isinstance(threat, ThreatModel)
-    threats: list[ThreatModel] = [threat] if isinstance(threat, ThreatModel) else list(threat)
-    t0 = time.perf_counter()
-    batches = run_attack(model, x, y, threats, atk, batch_size=batch_size, generator=generator, seed=seed, amp=amp)
-    seconds = time.perf_counter() - t0
-    evals = []
-    for k, t in enumerate(threats):
-        rs = [b[k] for b in batches]
-        robust = torch.cat([r.robust for r in rs]) if rs else torch.zeros(0, dtype=torch.bool)
-        correct = torch.cat([r.clean_correct for r in rs]) if rs else torch.zeros(0, dtype=torch.bool)
-        stages = rs[0].info.get("stages", []) if rs else []
-        broken = torch.cat([r.info["broken_by"] for r in rs]) if rs and "broken_by" in rs[0].info else None
-        evals.append(
-            RobustEvaluation(
-                attack=name,
-                threat=t,
-                robust=robust,
-                clean_correct=correct,
-                x_adv=torch.cat([r.x_adv for r in rs]) if keep_adversarials and rs else None,
-                forwards=sum(r.forwards for r in rs),
-                backwards=sum(r.backwards for r in rs),
-                params=atk.get_params(),
-                per_attack=stage_accuracies(correct, robust, broken, stages, name),
-                seconds=sum(r.seconds for r in rs) if rs else seconds,
-            )
-        )
-    return evals[0] if single else evals

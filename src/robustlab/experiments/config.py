@@ -14,13 +14,37 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from robustlab.errors import ConfigError
 from robustlab.registry import close_matches
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``7e-1`` and ``1e3`` as numbers: YAML 1.1 (which
+    PyYAML follows) wants a dot in a float, so ``q: 7e-1`` would silently be a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no arbitrary objects), reading ``7e-1`` as the number 0.7."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -47,9 +71,18 @@ class NoiseConfig(_Strict):
     """Label noise applied to the *training* labels (see ``robustlab.data.noise``)."""
 
     kind: str = "symmetric"
-    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    rate: float | None = Field(None, ge=0.0, lt=1.0)
     exact: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rate_given(self) -> NoiseConfig:
+        if self.rate is None and self.kind not in ("matrix", "transition"):
+            raise ValueError(
+                f"noise.rate is required for {self.kind!r} noise (e.g. noise.rate=0.4); "
+                f"for clean labels leave the noise section out (noise=null)"
+            )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -73,41 +106,65 @@ class LossConfig(_Strict):
         return {**preset(self.name, self.preset), **self.params}
 
 
-class TrainConfig(_Strict):
-    """Trainer settings; ``objective`` is a name from ``robustlab ls objectives``."""
+# settings of a Trainer that are not part of a run's config: the run supplies them
+_TRAINER_RUNTIME = frozenset({"self", "model", "objective", "seed", "checkpoint_dir", "progress", "callbacks"})
+
+
+def _config_type(annotation: Any) -> Any:
+    """The config field type of a Trainer parameter: ``torch.device`` is written as a
+    string, sequences as lists, integers strictly (``True`` and ``2.5`` are not epochs)."""
+    import collections.abc as cabc
+    import types
+    import typing
+
+    import torch
+    from pydantic import StrictInt
+
+    origin = typing.get_origin(annotation)
+    if annotation is torch.device:
+        return str
+    if annotation is int:
+        return StrictInt
+    if origin in (typing.Union, types.UnionType):
+        args = tuple(dict.fromkeys(_config_type(a) for a in typing.get_args(annotation)))
+        return typing.Union[args] if len(args) > 1 else args[0]  # noqa: UP007
+    if origin in (cabc.Sequence, list, tuple):
+        (item, *_rest) = typing.get_args(annotation) or (Any,)
+        return list[_config_type(item)]  # type: ignore[misc]
+    if origin in (cabc.Mapping, dict):
+        return dict[str, Any]
+    return annotation
+
+
+def trainer_settings() -> dict[str, tuple[Any, Any]]:
+    """``{name: (type, default)}`` of every Trainer keyword parameter a config sets: the
+    single source of the training settings and their defaults (``robustlab.train.Trainer``)."""
+    import inspect
+    import typing
+
+    from robustlab.train.trainer import Trainer
+
+    hints = typing.get_type_hints(Trainer.__init__)
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, p in inspect.signature(Trainer.__init__).parameters.items():
+        if name in _TRAINER_RUNTIME or p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        default = list(p.default) if isinstance(p.default, tuple) else p.default
+        out[name] = (_config_type(hints[name]), default)
+    return out
+
+
+class _TrainSection(_Strict):
+    """The ``train`` section: the objective and loss by name (``robustlab ls objectives`` /
+    ``losses``) plus every keyword parameter of :class:`robustlab.train.Trainer` with the
+    Trainer's own defaults (see :func:`trainer_settings`; the Trainer checks the values)."""
 
     objective: str = "erm"
     objective_params: dict[str, Any] = Field(default_factory=dict)
     objective_preset: str | None = None
     loss: LossConfig = Field(default_factory=LossConfig)
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: str = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: str = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    grad_clip: float | None = None
-    ema_decay: float | None = None
-    amp: bool | str = False
-    device: str = "cpu"
-    channels_last: bool = False
-    # robust validation on data.val_fraction of the training set, best-checkpoint
-    # selection and early stopping (see robustlab.train.Trainer)
-    val_attack: str | None = None
-    val_attack_params: dict[str, Any] = Field(default_factory=dict)
-    val_norm: str | None = None
-    val_eps: float | None = None
-    val_every: int = Field(1, ge=1)
-    val_subset: int | None = Field(None, ge=1)
-    select: Literal["robust", "clean"] | None = None
-    early_stopping: int | None = Field(None, ge=1)
 
-    @field_validator("val_eps", mode="before")
+    @field_validator("val_eps", mode="before", check_fields=False)
     @classmethod
     def _parse_val_eps(cls, v: Any) -> Any:
         from robustlab.attacks.threat import parse_eps
@@ -121,6 +178,25 @@ class TrainConfig(_Strict):
         from robustlab.losses import preset
 
         return {**preset(self.objective, self.objective_preset), **self.objective_params}
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """The Trainer keyword arguments of this section."""
+        return {name: getattr(self, name) for name in trainer_settings()}
+
+
+if TYPE_CHECKING:
+
+    class TrainConfig(_TrainSection):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    TrainConfig = create_model(
+        "TrainConfig",
+        __base__=_TrainSection,
+        __module__=__name__,
+        __doc__=_TrainSection.__doc__,
+        **{name: (typ, default) for name, (typ, default) in trainer_settings().items()},
+    )
 
 
 class AttackConfig(_Strict):
@@ -174,7 +250,10 @@ class ExperimentConfig(_Strict):
         """The run's name, or one built from its main choices."""
         if self.name:
             return self.name
-        noise = "clean" if self.noise is None or self.noise.rate == 0 else f"{self.noise.kind}{self.noise.rate:g}"
+        if self.noise is None or self.noise.rate == 0:
+            noise = "clean"
+        else:
+            noise = self.noise.kind if self.noise.rate is None else f"{self.noise.kind}{self.noise.rate:g}"
         return f"{self.data.name}/{self.model.name}/{self.train.objective}-{self.train.loss.name}/{noise}"
 
 
@@ -226,7 +305,7 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=5).")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         out.append((key.strip(), value))
@@ -275,6 +354,8 @@ def _explain(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
             lines.append(f"unknown config key {loc!r}.{hint} Valid keys here: {', '.join(fields)}.")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    if len(lines) == 1:
+        return ConfigError(f"invalid experiment config: {lines[0]}")
     return ConfigError("invalid experiment config:\n  " + "\n  ".join(lines))
 
 
@@ -294,7 +375,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist.")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {p} as YAML: {exc}") from exc
     if not isinstance(tree, dict):

@@ -120,16 +120,8 @@ def _trainer(cfg: ExperimentConfig, model: nn.Module, objective: Any, *, checkpo
              progress: bool | None) -> Any:
     from robustlab import train as train_mod
 
-    t = cfg.train
-    return train_mod.Trainer(
-        model, objective, epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-        momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
-        warmup_epochs=t.warmup_epochs, milestones=t.milestones, gamma=t.gamma, grad_clip=t.grad_clip,
-        amp=t.amp, ema_decay=t.ema_decay, seed=cfg.seed, device=t.device, channels_last=t.channels_last,
-        val_attack=t.val_attack, val_attack_params=t.val_attack_params, val_norm=t.val_norm,
-        val_eps=t.val_eps, val_every=t.val_every, val_subset=t.val_subset, select=t.select,
-        early_stopping=t.early_stopping, checkpoint_dir=checkpoint_dir, progress=progress,
-    )
+    return train_mod.Trainer(model, objective, seed=cfg.seed, checkpoint_dir=checkpoint_dir, progress=progress,
+                             **cfg.train.trainer_kwargs())
 
 
 def build_objective(cfg: ExperimentConfig) -> Any:

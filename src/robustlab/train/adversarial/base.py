@@ -1,0 +1,225 @@
+"""The base of every adversarial objective: threat model, eps warm-up, batch-norm mode, a
+composable supervised loss, and the one adapter (:func:`perturb`) that talks to the attack
+engine."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustlab import attacks as _attacks
+from robustlab.attacks import ThreatModel, parse_eps
+from robustlab.attacks import base as _attack_base
+from robustlab.errors import ConfigError
+from robustlab.losses import Loss
+from robustlab.train.objectives import (
+    Objective,
+    accuracy_metric,
+    apply_loss,
+    as_loss,
+    loss_setup,
+)
+
+BN_MODES = _attack_base.BN_MODES  # ("eval", "train", "keep")
+
+
+# =====================================================================================
+# The one place that talks to the attack engine.
+# =====================================================================================
+def make_attack(name: str, /, **params: Any) -> _attacks.Attack:
+    """Build an attack from the registry (``robustlab.attacks.create``), for training."""
+    return _attacks.create(name, **params)
+
+
+def perturb(
+    attack: _attacks.Attack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator | None,
+    bn_mode: str,
+    *,
+    clean_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Training adversarials for ``(x, y)``: the single call into the attack engine.
+
+    Uses :meth:`robustlab.attacks.Attack.generate`. Losses that read the clean logits get
+    them computed once per batch by the engine, in the generation mode, without gradients.
+    """
+    if generator is None:
+        raise ConfigError(
+            "the objective has no random generator yet: the Trainer sets one per epoch through "
+            "objective.start_epoch(epoch, generator); call that first when using an objective directly."
+        )
+    return attack.generate(model, x, y, threat, generator=generator, bn_mode=bn_mode, clean_logits=clean_logits)
+
+
+# =====================================================================================
+# Shared machinery
+# =====================================================================================
+def _relative_step(step_size: float | str | None, rel_step_size: float | None, eps: float, default: float) -> float:
+    """Step size as a multiple of eps (so an eps warm-up scales the step too)."""
+    if step_size is not None and rel_step_size is not None:
+        raise ConfigError("give step_size (absolute) or rel_step_size (relative to eps), not both.")
+    if step_size is not None:
+        s = parse_eps(step_size)
+        if not (s > 0 and math.isfinite(s)):
+            raise ConfigError(f"step_size must be a positive number, got {step_size!r}.")
+        return s / eps if eps > 0 else 0.0
+    rel = default if rel_step_size is None else float(rel_step_size)
+    if not (rel > 0 and math.isfinite(rel)):
+        raise ConfigError(f"rel_step_size must be a positive number, got {rel_step_size!r}.")
+    return rel
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be an int >= 1, got {steps!r}.")
+    return steps
+
+
+def _nonneg(name: str, value: float) -> float:
+    v = float(value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return v
+
+
+def _kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(clean) || softmax(adv))`` per sample (gradient through both)."""
+    log_p = clean_logits.log_softmax(1)
+    return (log_p.exp() * (log_p - adv_logits.log_softmax(1))).sum(1)
+
+
+class AdversarialObjective(Objective):
+    """Base class: threat model, eps warm-up, batch-norm mode, composable loss, one attack.
+
+    Subclasses set :attr:`attack` in ``__init__`` (with :func:`make_attack`) and implement
+    :meth:`outer` (the loss given adversarial inputs); :meth:`adversarial` generates them.
+    """
+
+    default_bn_mode: ClassVar[str] = "eval"
+
+    def __init__(
+        self,
+        *,
+        loss: str | Loss = "ce",
+        loss_params: Mapping[str, Any] | None = None,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        eps_warmup: float = 0.0,
+        bn_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        lp = dict(loss_params or {})
+        self.criterion = as_loss(loss, **lp)
+        self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
+        self.loss_params = lp
+        self.threat = ThreatModel(norm, parse_eps(eps))  # validates norm and eps
+        self.eps_warmup = _nonneg("eps_warmup", eps_warmup)
+        mode = self.default_bn_mode if bn_mode is None else bn_mode
+        if mode not in BN_MODES:
+            raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}.")
+        self.bn_mode = mode
+        self.attack: _attacks.Attack | None = None
+        self._params: dict[str, Any] = {}
+
+    def _record_params(self, frame_locals: Mapping[str, Any]) -> None:
+        sig = inspect.signature(type(self).__init__)
+        for name in sig.parameters:
+            if name == "self" or name not in frame_locals:
+                continue
+            v = frame_locals[name]
+            if name == "loss":
+                v = self.loss_name
+            self._params[name] = v
+
+    # -- Objective hooks ------------------------------------------------------------
+    @property
+    def needs_indices(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.criterion, "needs_indices", False))
+
+    def setup(self, num_samples: int, num_classes: int) -> None:
+        loss_setup(self.criterion, num_samples, num_classes)
+
+    def start_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        super().start_epoch(epoch, generator)
+        self.epoch = epoch
+        hook = getattr(self.criterion, "start_epoch", None)
+        if callable(hook):
+            hook(epoch)
+
+    def check_training(self, epochs: int) -> None:
+        if self.eps_warmup > epochs:
+            raise ConfigError(
+                f"the eps warm-up lasts {self.eps_warmup:g} epochs but training has only {epochs}: "
+                f"eps would never reach {self.threat.eps:g}. Shorten eps_warmup to at most {epochs} "
+                f"or train longer."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "criterion" in state:
+            self.criterion.load_state_dict(state["criterion"])
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    # -- threat and generation ------------------------------------------------------
+    def current_eps(self) -> float:
+        """eps at the current training progress: ``eps * min(1, progress / eps_warmup)``."""
+        if self.eps_warmup <= 0:
+            return self.threat.eps
+        return self.threat.eps * min(1.0, self.progress / self.eps_warmup)
+
+    def current_threat(self) -> ThreatModel:
+        eps = self.current_eps()
+        return self.threat if eps == self.threat.eps else self.threat.with_eps(eps)
+
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial inputs for the batch from this objective's attack."""
+        assert self.attack is not None
+        return perturb(self.attack, model, x, y, self.current_threat(), self.generator, self.bn_mode)
+
+    def outer(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        x_adv: torch.Tensor,
+        y: torch.Tensor,
+        index: torch.Tensor | None,
+        *,
+        metrics: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample outer loss and metrics given the adversarial inputs (``metrics=False``
+        skips metrics that cost extra forward passes)."""
+        raise NotImplementedError
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_adv = self.adversarial(model, x, y)
+        return self.outer(model, x, x_adv, y, index)
+
+    def _supervised(self, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return apply_loss(self.criterion, logits, y, index)
+
+
+@torch.no_grad()
+def _clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample clean correctness in eval mode (no batch-norm update, no dropout draw)."""
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return accuracy_metric(model(x), y)
+    finally:
+        for m, t in was:
+            m.training = t

@@ -22,36 +22,68 @@ here, in :meth:`Attack.__call__`:
 Randomness comes only from the ``generator`` argument (a fresh ``torch.Generator``
 seeded with 0 when omitted); the global RNG is never reseeded or consumed.
 
-Subclasses implement only :meth:`Attack.perturb` (their step logic), using
-:class:`AttackContext` for forward/backward passes (counted, optionally autocast) and
-:class:`BestTracker` to keep the best adversarial example found on any iterate.
+Subclasses implement only :meth:`Attack.perturb` (their step logic), using the engine
+(:mod:`robustlab.attacks.engine`): :class:`AttackContext` for forward/backward passes
+(counted, optionally autocast), :class:`BestTracker` to keep the best adversarial
+example found on any iterate and :class:`ActiveSet` for the rows still attacked; and
+the objectives of :mod:`robustlab.attacks.losses`. Constructors check every parameter
+with the shared validators of :mod:`robustlab.validation` (``steps=2.5`` or
+``steps=True`` is a ConfigError naming ``steps``).
 
 Training use: :meth:`Attack.generate` produces adversarial inputs for adversarial
 training without the evaluation semantics (every point attacked, no early stop, the
 final iterate returned, no re-check, selectable batch-norm mode). Attack losses take
 the clean logits as an optional fourth argument, so TRADES' inner maximisation
 ``KL(f(x) || f(x'))`` is ``create("pgd", loss="kl")`` (see :func:`kl_loss`).
+
+This module keeps the template and the registry; for compatibility it re-exports the
+objectives and the engine (``from robustlab.attacks.base import AttackResult`` keeps
+working), whose modules never import this one.
 """
+
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.engine import (
+    BN_MODES,
+    ActiveSet,
+    AttackContext,
+    AttackResult,
+    BestTracker,
+    attack_mode,
+    generation_mode,
+    is_success,
+    looks_like_probabilities,
+    model_bounds,
+    model_device,
+)
+from robustlab.attacks.losses import (
+    ATTACK_LOSSES,
+    CLEAN_LOSSES,
+    LOSS_MIN_CLASSES,
+    AttackLoss,
+    attack_loss,
+    ce_loss,
+    dlr_loss,
+    kl_loss,
+    logit_change_loss,
+    loss_min_classes,
+    margin_loss,
+    probability_margin_loss,
+)
 from robustlab.attacks.threat import Bounds, ThreatModel
 from robustlab.errors import ConfigError, InvalidInputError, RobustlabWarning, ShapeMismatchError
 from robustlab.registry import Registry
-from robustlab.validation import check_inputs, check_labels, check_shape
+from robustlab.validation import check_float, check_inputs, check_int, check_labels, check_shape
 
 attacks: Registry[Attack] = Registry("attack")
 
@@ -64,420 +96,25 @@ class ProbabilityOutputWarning(AttackWarning):
     """The model seems to output probabilities; attack losses expect logits."""
 
 
-# -- attack objectives ---------------------------------------------------------------
-# Every objective has the signature (logits, y, target=None, clean=None) -> per-sample
-# loss to MAXIMISE. ``target`` selects the targeted form; ``clean`` are the logits on
-# the clean inputs (only the KL objective reads them).
-AttackLoss = Callable[..., torch.Tensor]
-
-
-def margin_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Carlini & Wagner (2017) margin, Eq. (6) with kappa=inf, per sample.
-
-    Untargeted: ``max_{j != y} z_j - z_y`` (positive iff misclassified).
-    Targeted: ``z_t - max_{j != t} z_j`` (positive iff classified as t).
-    """
-    if target is None:
-        z_y = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf"))
-        return other.amax(1) - z_y
-    z_t = logits.gather(1, target[:, None]).squeeze(1)
-    other = logits.scatter(1, target[:, None], float("-inf"))
-    return z_t - other.amax(1)
-
-
-def ce_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Cross-entropy to maximise (untargeted) or minus CE to the target (targeted;
-    the ``ce-targeted`` loss of the official APGD code)."""
-    if target is None:
-        return F.cross_entropy(logits, y, reduction="none")
-    return -F.cross_entropy(logits, target, reduction="none")
-
-
-def dlr_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Difference of Logits Ratio (Croce & Hein 2020, "Reliable evaluation of adversarial
-    robustness with an ensemble of diverse parameter-free attacks", Eq. (5) and (6)).
-
-    Untargeted (needs >= 3 classes):
-    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)``;
-    targeted (needs >= 4 classes): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2 + 1e-12)``,
-    where ``z_pi1 >= z_pi2 >= ...`` are the sorted logits (1e-12 as in the official code).
-    """
-    z = logits.sort(dim=1, descending=True).values
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    if target is None:
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return -(z_y - other) / (z[:, 0] - z[:, 2] + 1e-12)
-    z_t = logits.gather(1, target[:, None]).squeeze(1)
-    return -(z_y - z_t) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
-
-
-def probability_margin_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Probability margin (Xie et al. 2024, "Towards Million-Scale Adversarial Robustness
-    Evaluation With Stronger Individual Attacks", the loss of PMA): the margin of
-    softmax probabilities ``p = softmax(z)`` instead of logits.
-
-    Untargeted: ``max_{i != y} p_i - p_y``; targeted: ``p_t - max_{i != t} p_i``.
-    """
-    p = logits.softmax(1)
-    return margin_loss(p, y, target)
-
-
-def kl_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``KL(softmax(f(x)) || softmax(f(x')))`` per sample: TRADES' inner maximisation
-    (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
-    Accuracy", Eq. (5); the official code's ``KLDivLoss(log_softmax(f(x')), softmax(f(x)))``).
-    ``clean`` are the logits on the clean inputs (computed once per batch)."""
-    if clean is None:
-        raise ConfigError(
-            "the 'kl' attack loss needs the clean logits; attacks pass them automatically "
-            "(AttackContext.clean_logits), or give clean_logits= to Attack.generate."
-        )
-    p_clean = clean.detach().float().softmax(1)
-    return (p_clean * (p_clean.clamp_min(1e-12).log() - logits.log_softmax(1))).sum(1)
-
-
-def logit_change_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
-    clean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``||Delta(x') - Delta(x)||_2`` per sample with ``Delta(x)_k = z_k(x) - z_y(x)``: how
-    far the logit differences move (the smooth adversarial term of Mao, Mohri & Zhong
-    2023, "Cross-Entropy Loss Functions: Theoretical Analysis and Applications").
-    ``clean`` are the logits on the clean inputs."""
-    if clean is None:
-        raise ConfigError("the 'logit-diff' attack loss needs the clean logits (clean_logits=).")
-    c = clean.detach().to(logits.dtype)
-    d_adv = logits - logits.gather(1, y[:, None])
-    d_clean = c - c.gather(1, y[:, None])
-    return torch.linalg.vector_norm(d_adv - d_clean, dim=1)
-
-
-ATTACK_LOSSES: dict[str, AttackLoss] = {
-    "ce": ce_loss,
-    "margin": margin_loss,
-    "cw": margin_loss,
-    "dlr": dlr_loss,
-    "pm": probability_margin_loss,
-    "kl": kl_loss,
-    "logit-diff": logit_change_loss,
-}
-# objectives that read the clean logits (and are untargeted)
-CLEAN_LOSSES = frozenset({"kl", "logit-diff"})
-# the fewest classes each objective works with: (untargeted, targeted)
-LOSS_MIN_CLASSES: dict[str, tuple[int, int]] = {"dlr": (3, 4)}
-
-
-def attack_loss(name: str) -> AttackLoss:
-    """Look up a per-sample attack objective by name (``ce``, ``margin``/``cw``, ``dlr``,
-    ``pm``, ``kl``, ``logit-diff``)."""
-    try:
-        return ATTACK_LOSSES[name]
-    except KeyError:
-        from robustlab.registry import close_matches
-
-        near = close_matches(name, ATTACK_LOSSES)
-        hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-        raise ConfigError(
-            f"unknown attack loss {name!r}.{hint} Available: {', '.join(ATTACK_LOSSES)}."
-        ) from None
-
-
-def loss_min_classes(name: str, targeted: bool) -> int:
-    """The fewest classes the objective ``name`` is defined for."""
-    lo = LOSS_MIN_CLASSES.get(name, (2, 2))
-    return lo[1] if targeted else lo[0]
+# -- parameters ----------------------------------------------------------------------------
+# Numbers are checked with robustlab.validation's check_int / check_float, like every other
+# room's. Flags have no shared validator yet, so the attacks share this one.
+def check_bool(value: object, name: str) -> bool:
+    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    return value
 
 
 def int_param(name: str, value: object, minimum: int) -> int:
-    """An attack parameter that must be an integer ``>= minimum`` (else ConfigError)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+    """Deprecated alias of ``check_int(value, name, minimum=minimum)`` (kept importable)."""
+    return check_int(value, name, minimum=minimum)
 
 
-def float_param(
-    name: str, value: object, low: float = 0.0, high: float = math.inf, *, open_low: bool = True
-) -> float:
-    """An attack parameter that must be a finite number in ``(low, high]`` (``[low, high]``
-    when not ``open_low``; else ConfigError)."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-    ok_low = v > low if open_low else v >= low
-    if not (math.isfinite(v) and ok_low and v <= high):
-        bracket = "(" if open_low else "["
-        raise ConfigError(f"{name} must be a finite number in {bracket}{low:g}, {high:g}], got {value!r}.")
-    return v
-
-
-def is_success(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Untargeted: prediction != y. Targeted: prediction == target."""
-    pred = logits.argmax(1)
-    return pred != y if target is None else pred == target
-
-
-def looks_like_probabilities(outputs: torch.Tensor, tol: float = 1e-4) -> bool:
-    """True when every row is non-negative and sums to one (the check of AutoAttack's
-    ``check_range_output``)."""
-    if outputs.dim() != 2 or not len(outputs) or outputs.shape[1] < 2:
-        return False
-    o = outputs.detach().float()
-    return bool((o.min() > -tol) and (o.max() < 1 + tol) and ((o.sum(1) - 1).abs() < tol).all())
-
-
-# -- results ---------------------------------------------------------------------------
-@dataclass
-class AttackResult:
-    """What an attack returns (one per threat model).
-
-    ``x_adv``: adversarial inputs (same shape, dtype, device as ``x``);
-    ``success``: per-sample bool, the model's prediction on ``x_adv`` is wrong
-    (untargeted) or the target (targeted); ``clean_correct``: the prediction on ``x``
-    was right; ``forwards``/``backwards``: samples passed forward/backward through the
-    model for this threat model (a batch of 10 counts 10); ``seconds``: wall time;
-    ``info``: attack-specific records (ensembles: per-stage counts and ``broken_by``).
-    """
-
-    x_adv: torch.Tensor
-    success: torch.Tensor
-    clean_correct: torch.Tensor
-    threat: ThreatModel
-    targeted: bool = False
-    forwards: int = 0
-    backwards: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def robust(self) -> torch.Tensor:
-        """Per-sample: correctly classified and not broken (untargeted meaning)."""
-        return self.clean_correct & ~self.success
-
-    @property
-    def robust_accuracy(self) -> float:
-        return float(self.robust.float().mean()) if len(self.robust) else float("nan")
-
-
-def _full_precision(out: torch.Tensor) -> torch.Tensor:
-    """Half-precision outputs (autocast) go to float32; float32/float64 stay as they are."""
-    return out if out.dtype in (torch.float32, torch.float64) else out.float()
-
-
-# -- the context handed to subclasses ---------------------------------------------------
-class AttackContext:
-    """Model access for attack step logic: counted forward passes and input gradients.
-
-    Attributes a subclass may read:
-
-    ``model``, ``bounds`` (the model's input box), ``generator`` (every random draw);
-    ``num_classes``; ``clean_logits`` (logits of the clean inputs handed to
-    :meth:`Attack.perturb`, row-aligned with them; computed once); ``training``
-    (True inside :meth:`Attack.generate`: attack every point, do not stop early, return
-    the final iterate); ``amp`` (forward passes run under autocast on CUDA).
-    Subclasses may record per-call facts in ``info`` (a dict copied into
-    :attr:`AttackResult.info`) and per-row facts with :meth:`record_rows`.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        bounds: Bounds,
-        generator: torch.Generator | None,
-        *,
-        num_classes: int | None = None,
-        clean_logits: torch.Tensor | None = None,
-        training: bool = False,
-        amp: bool = False,
-    ) -> None:
-        self.model = model
-        self.bounds = bounds
-        self.generator = generator
-        self.num_classes = num_classes
-        self.clean_logits = clean_logits
-        self.training = training
-        self.amp = amp
-        self.forwards = 0
-        self.backwards = 0
-        self.info: dict[str, Any] = {}
-        self.row_info: dict[str, tuple[torch.Tensor, float]] = {}
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        """Autocast (bf16 where supported, else fp16) on CUDA when ``amp``; a no-op otherwise."""
-        if not self.amp or device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-
-    def logits(self, x: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
-        """A forward pass without gradients (full precision when ``exact``)."""
-        self.forwards += len(x)
-        with torch.no_grad():
-            if exact:
-                return _full_precision(self.model(x))
-            with self.autocast(x.device):
-                return _full_precision(self.model(x))
-
-    def value_and_grad(
-        self, x: torch.Tensor, loss_fn: Any, *args: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample ``loss_fn(logits, *args)``, its input gradient, and the logits.
-
-        Only the input gradient is computed (``torch.autograd.grad`` with respect to the
-        input alone), so no ``.grad`` ever accumulates on the model's parameters.
-        """
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            with self.autocast(x.device):
-                out = self.model(x)
-            logits = _full_precision(out)
-            loss = loss_fn(logits, *args)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        self.forwards += len(x)
-        self.backwards += len(x)
-        return loss.detach(), grad.detach(), logits.detach()
-
-    def jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits and the input gradient of every logit, for per-class linearisations
-        (FAB's ``get_diff_logits_grads_batch`` in the official code).
-
-        Returns ``(logits (N, K), jac (N, K, *x.shape[1:]))`` with ``jac[:, j] = d z_j / d x``.
-        Counted as one forward pass and ``K`` backward passes per sample (one
-        vector-Jacobian product per class). Only input gradients are computed.
-        """
-        xr = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            with self.autocast(x.device):
-                out = self.model(xr)
-            logits = _full_precision(out)
-            k = logits.shape[1]
-            grads = [
-                torch.autograd.grad(logits[:, j].sum(), xr, retain_graph=j < k - 1)[0]
-                for j in range(k)
-            ]
-        self.forwards += len(x)
-        self.backwards += len(x) * k
-        return logits.detach(), torch.stack(grads, 1).detach()
-
-    def record_rows(self, key: str, values: torch.Tensor, fill: float) -> None:
-        """Record one value per row handed to :meth:`Attack.perturb`; the template
-        scatters it into a full-batch tensor ``info[key]`` (``fill`` for the rows that
-        were not attacked, e.g. clean-misclassified ones)."""
-        self.row_info[key] = (values.detach(), fill)
-
-
-class BestTracker:
-    """Keeps, per sample, the best adversarial example seen on any iterate.
-
-    A sample that succeeded keeps its first successful iterate; otherwise the iterate
-    with the highest attack loss is kept.
-    """
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x_best = x.detach().clone()
-        self.loss_best = torch.full((len(x),), float("-inf"), device=x.device, dtype=torch.float32)
-        self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-
-    def update(
-        self,
-        x_iter: torch.Tensor,
-        loss: torch.Tensor,
-        success: torch.Tensor,
-        idx: torch.Tensor | None = None,
-    ) -> None:
-        """Record iterates ``x_iter`` (for rows ``idx`` of the tracked batch, or all)."""
-        if idx is None:
-            idx = torch.arange(len(self.x_best), device=x_iter.device)
-        done = self.success[idx]
-        newly = success & ~done
-        better = ~done & ~success & (loss >= self.loss_best[idx])  # ties: keep the later iterate
-        take = newly | better
-        if bool(take.any()):
-            rows = idx[take]
-            self.x_best[rows] = x_iter[take].detach().to(self.x_best.dtype)
-            self.loss_best[rows] = loss[take].to(self.loss_best.dtype)
-            self.success[rows] |= success[take]
-
-
-@contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for the duration of an attack; both restored."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-BN_MODES = ("eval", "train", "keep")
-
-
-@contextlib.contextmanager
-def generation_mode(model: nn.Module, bn_mode: str) -> Iterator[nn.Module]:
-    """The module mode used while generating training adversarials, restored afterwards:
-    ``"eval"`` (default; TRADES' official code), ``"train"`` (batch statistics, as in
-    many PGD-AT implementations) or ``"keep"`` (leave the model as it is)."""
-    if bn_mode not in BN_MODES:
-        raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}.")
-    modes = [(m, m.training) for m in model.modules()]
-    if bn_mode == "eval":
-        model.eval()
-    elif bn_mode == "train":
-        model.train()
-    try:
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
-def model_bounds(model: nn.Module) -> Bounds:
-    """The model's declared input box (``model.input_bounds``), default ``(0, 1)``."""
-    lo, hi = getattr(model, "input_bounds", (0.0, 1.0))
-    return float(lo), float(hi)
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer (None for stateless models)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return None
+def float_param(name: str, value: object, low: float = 0.0, high: float | None = None, *, open_low: bool = True) -> float:
+    """Deprecated alias of ``check_float(value, name, low=low, high=high, low_open=open_low)``
+    (kept importable)."""
+    return check_float(value, name, low=low, high=high, low_open=open_low)
 
 
 def _as_threats(threat: Any) -> tuple[list[ThreatModel], bool]:
@@ -615,7 +252,7 @@ class Attack:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         device = x.device
-        ctx = AttackContext(model, bounds, generator, amp=amp)
+        ctx = AttackContext(model, bounds, generator, amp=amp, points=len(x))
         results: list[AttackResult | None] = [None] * len(threats)
         with attack_mode(model):
             clean_logits = ctx.logits(x, exact=True)
@@ -648,22 +285,22 @@ class Attack:
                 f0, b0, t0 = ctx.forwards, ctx.backwards, time.perf_counter()
                 x_k, succ_k = x_cur.clone(), success.clone()
                 ctx.info, ctx.row_info = {}, {}
-                active = (~success).nonzero().squeeze(1)
-                if t.eps > 0 and len(active):
-                    ta = None if target is None else target[active]
-                    ctx.clean_logits = clean_logits[active]
-                    xa = self.perturb(ctx, x[active].detach(), y[active], t, ta)
+                act = ActiveSet(~success)  # the points this budget attacks
+                if t.eps > 0 and act:
+                    xs, ys, ta = act.gather(x).detach(), act.gather(y), act.gather(target)
+                    ctx.clean_logits = act.gather(clean_logits)
+                    xa = self.perturb(ctx, xs, ys, t, ta)
                     # one projection guards every subclass's output against drift
-                    xa = t.project(xa.detach().to(x.dtype), x[active], bounds)
-                    x_k[active] = xa
-                    succ_k[active] = is_success(ctx.logits(xa, exact=True), y[active], ta)
+                    xa = t.project(xa.detach().to(x.dtype), xs, bounds)
+                    act.scatter(x_k, xa)
+                    act.scatter(succ_k, is_success(ctx.logits(xa, exact=True), ys, ta))
                 info = dict(ctx.info)
                 for key, (vals, fill) in ctx.row_info.items():
                     full = carried.get(key)
                     if full is None:
                         full = torch.full((len(x),), fill, dtype=vals.dtype, device=device)
                     full = full.clone()
-                    full[active] = vals.to(device)
+                    act.scatter(full, vals.to(device))
                     carried[key] = full
                 info.update({key: val.clone() for key, val in carried.items()})
                 results[k] = AttackResult(
@@ -754,3 +391,39 @@ def create(name: str, /, **params: Any) -> Attack:
 def available(pattern: str = "*") -> list[str]:
     """Names of the registered attacks matching ``pattern``."""
     return attacks.available(pattern)
+
+
+__all__ = [
+    "ATTACK_LOSSES",
+    "BN_MODES",
+    "CLEAN_LOSSES",
+    "LOSS_MIN_CLASSES",
+    "ActiveSet",
+    "Attack",
+    "AttackContext",
+    "AttackLoss",
+    "AttackResult",
+    "AttackWarning",
+    "BestTracker",
+    "ProbabilityOutputWarning",
+    "attack_loss",
+    "attack_mode",
+    "attacks",
+    "available",
+    "ce_loss",
+    "check_bool",
+    "create",
+    "dlr_loss",
+    "float_param",
+    "generation_mode",
+    "int_param",
+    "is_success",
+    "kl_loss",
+    "logit_change_loss",
+    "looks_like_probabilities",
+    "loss_min_classes",
+    "margin_loss",
+    "model_bounds",
+    "model_device",
+    "probability_margin_loss",
+]

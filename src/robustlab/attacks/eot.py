@@ -34,6 +34,7 @@ class EOTContext(AttackContext):
             clean_logits=inner.clean_logits,
             training=inner.training,
             amp=inner.amp,
+            points=inner.points,
         )
         self.inner = inner
         self.samples = samples

@@ -22,7 +22,9 @@ Models (see each class for its paper and the official code it follows):
 ``timm``, ``torchvision``  optional adapters (``arch=``), imported only when used
 
 Checkpoints are safetensors files with a sha256 of the weights and the model's
-``robustlab_config``; :func:`load_model` never unpickles.
+``robustlab_config``, written byte-reproducibly (:func:`save_model`, extra string
+``metadata=`` read back by :func:`read_metadata`); :func:`load_model` never unpickles
+arbitrary objects. :func:`weights_sha256` is the identity of a model's weights.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from robustlab.models.io import (
     convert_checkpoint,
     file_sha256,
     load_model,
+    read_metadata,
     save_model,
     tensors_sha256,
+    weights_sha256,
 )
 from robustlab.models.layers import Normalize, ZooModel, count_parameters
 from robustlab.models.registry import (
@@ -66,6 +70,8 @@ __all__ = [
     "list_models",
     "load_model",
     "models",
+    "read_metadata",
     "save_model",
     "tensors_sha256",
+    "weights_sha256",
 ]

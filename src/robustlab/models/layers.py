@@ -21,7 +21,8 @@ INPUT_BOUNDS: tuple[float, float] = (0.0, 1.0)
 
 
 def _as_vector(value: float | Sequence[float] | torch.Tensor, what: str) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float64).detach().reshape(-1).cpu()
+    # explicit CPU: also under a ``torch.device("meta")`` context (load_model's shape check)
+    t = torch.as_tensor(value, dtype=torch.float64, device="cpu").detach().reshape(-1)
     if t.numel() == 0:
         raise ConfigError(f"Normalize {what} is empty; give one value per channel.")
     if not bool(torch.isfinite(t).all()):

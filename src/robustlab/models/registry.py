@@ -129,6 +129,7 @@ def create(
     input_size: int | tuple[int, int] | None = None,
     mean: float | Sequence[float] | torch.Tensor | None = None,
     std: float | Sequence[float] | torch.Tensor | None = None,
+    device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the model registered under ``name`` for inputs in ``[0, 1]``.
@@ -148,6 +149,12 @@ def create(
     mean, std:
         Per-channel normalisation applied by the model's first layer
         (:class:`~robustlab.models.layers.Normalize`); ``None`` means 0 and 1.
+    device:
+        Where the parameters and buffers are created (``None``: torch's default, the
+        CPU). ``"meta"`` builds the architecture without allocating any memory: its
+        ``state_dict()`` has the right names, shapes and dtypes but no values, which is how
+        :func:`~robustlab.models.io.load_model` checks a checkpoint's declared
+        architecture against its tensors before building anything.
     **kwargs:
         Architecture parameters (``hidden=`` for ``mlp``, ``depth=``/``widen_factor=``
         for ``wide_resnet``, ...). Unknown names raise :class:`ConfigError` with the close
@@ -180,7 +187,13 @@ def create(
     full = _full_params(factory, params)
     config = {"name": canonical, "params": {k: _plain(v, k) for k, v in full.items()}}
     json.dumps(config)  # guaranteed by _plain; fail here rather than at save time
-    model = factory(**full)
+    if device is None:
+        model = factory(**full)
+    else:
+        dev = torch.device(device)
+        with dev:
+            model = factory(**full)
+        model = model.to(dev)  # also what a factory created on an explicit device
     if not isinstance(model, nn.Module):  # pragma: no cover - registry misuse
         raise ConfigError(f"model {canonical!r} factory returned {type(model).__name__}.")
     # plain attributes every attack and loader reads (setattr: nn.Module types them as tensors)

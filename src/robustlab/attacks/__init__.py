@@ -12,46 +12,44 @@ input gradients only, best iterate kept, per-sample success re-checked in full
 precision. Registered: ``fgsm``, ``pgd``, ``apgd`` (any loss), ``apgd-ce``,
 ``apgd-dlr``, ``apgd-t``, ``pma``, ``eot`` (wrapper for randomised models), the
 ensembles ``standard`` (AutoAttack's protocol, :data:`PROTOCOL`), ``fast``, ``rand``
-and ``ensemble`` (custom members), plus ``fab-t``, ``square`` and ``cw-l2`` when their
-modules are installed. Training objectives call :meth:`Attack.generate`.
+and ``ensemble`` (custom members), ``fab``, ``fab-t``, ``square`` and ``cw-l2``.
+Training objectives call :meth:`Attack.generate`.
+
+Modules: :mod:`~robustlab.attacks.threat` (norm geometry), :mod:`~robustlab.attacks.losses`
+(objectives), :mod:`~robustlab.attacks.engine` (results, context, active rows),
+:mod:`~robustlab.attacks.base` (the template and the registry), one module per attack
+family, :mod:`~robustlab.attacks.ensemble` and :mod:`~robustlab.attacks.audit`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-
-from robustlab.attacks import apgd, ensemble, eot, pgd  # noqa: F401  (register the attacks)
+from robustlab.attacks import apgd, cw, ensemble, eot, fab, pgd, square  # noqa: F401  (register the attacks)
 from robustlab.attacks.apgd import APGDStepSchedule, L1SparsitySchedule, apgd_checkpoints
 from robustlab.attacks.audit import Flag, audit
 from robustlab.attacks.base import (
     Attack,
-    AttackContext,
-    AttackResult,
     AttackWarning,
-    BestTracker,
     ProbabilityOutputWarning,
-    attack_loss,
     attacks,
     available,
-    ce_loss,
     create,
+)
+from robustlab.attacks.engine import ActiveSet, AttackContext, AttackResult, BestTracker
+from robustlab.attacks.ensemble import FAST_PROTOCOL, PROTOCOL, RAND_PROTOCOL, Ensemble
+from robustlab.attacks.losses import (
+    attack_loss,
+    ce_loss,
     dlr_loss,
     kl_loss,
     logit_change_loss,
     margin_loss,
     probability_margin_loss,
 )
-from robustlab.attacks.ensemble import FAST_PROTOCOL, PROTOCOL, RAND_PROTOCOL, Ensemble
 from robustlab.attacks.threat import ThreatModel, parse_eps, project_l1_box
-
-# attacks written in their own modules; a missing module must not break the import
-for _name in ("fab", "square", "cw"):
-    with contextlib.suppress(ImportError):
-        importlib.import_module(f"robustlab.attacks.{_name}")
 
 __all__ = [
     "APGDStepSchedule",
+    "ActiveSet",
     "Attack",
     "AttackContext",
     "AttackResult",

@@ -42,19 +42,13 @@ import math
 
 import torch
 
-from robustlab.attacks.base import (
-    CLEAN_LOSSES,
-    Attack,
-    AttackContext,
-    BestTracker,
-    attack_loss,
-    attacks,
-    is_success,
-    loss_min_classes,
-)
+from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.engine import ActiveSet, AttackContext, BestTracker, is_success
+from robustlab.attacks.losses import CLEAN_LOSSES, attack_loss, loss_min_classes
 from robustlab.attacks.pgd import check_targets, ranked_targets
 from robustlab.attacks.threat import ThreatModel, _per_sample, draw, project_l1_box
 from robustlab.errors import ConfigError
+from robustlab.validation import check_float, check_int
 
 
 # -- step-size control as pure, testable pieces ------------------------------------------
@@ -237,21 +231,15 @@ class APGD(Attack):
         self._setup(steps, restarts, loss, targets, rho, large_eps)
 
     def _setup(self, steps: int, restarts: int, loss: str, targets: int, rho: float, large_eps: bool) -> None:
-        if steps < 1 or restarts < 1:
-            raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}.")
-        if targets < 0:
-            raise ConfigError(f"targets must be >= 0, got {targets}.")
-        if not 0 < rho <= 1:
-            raise ConfigError(f"rho must lie in (0, 1], got {rho}.")
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.restarts = check_int(restarts, "restarts", minimum=1)
         attack_loss(loss)
-        if loss in CLEAN_LOSSES and targets:
-            raise ConfigError(f"the {loss!r} loss is untargeted; use targets=0 with loss={loss!r}.")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
         self.loss = loss
-        self.targets = int(targets)
-        self.rho = float(rho)
-        self.large_eps = bool(large_eps)
+        self.targets = check_int(targets, "targets", minimum=0)
+        if loss in CLEAN_LOSSES and self.targets:
+            raise ConfigError(f"the {loss!r} loss is untargeted; use targets=0 with loss={loss!r}.")
+        self.rho = check_float(rho, "rho", low=0, high=1, low_open=True)
+        self.large_eps = check_bool(large_eps, "large_eps")
 
     def required_classes(self, targeted: bool) -> int:
         return loss_min_classes(self.loss, targeted or self.targets > 0)
@@ -276,18 +264,21 @@ class APGD(Attack):
         eps: float,
         steps: int,
         tracker: BestTracker,
-        rows: torch.Tensor,
+        act: ActiveSet,
         *,
         x_init: torch.Tensor | None = None,
         final: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """One APGD run at radius ``eps``. ``final``: this run's successes count (they
-        are recorded in ``tracker`` and, when evaluating, stop being computed).
-        Returns ``(last iterate, best-loss point)`` unless points were compacted away."""
+        """One APGD run at radius ``eps`` on the rows of ``act`` (``x``, ``y``, ``aim``,
+        ``goal``, ``clean`` and ``x_init`` hold exactly those rows). ``final``: this
+        run's successes count (they are recorded in ``tracker`` and, when evaluating,
+        retire from ``act``). Returns ``(last iterate, best-loss point)`` unless rows
+        retired (then ``None``: the outputs would no longer cover every row)."""
         loss_fn = attack_loss(self.loss)
         bounds = ctx.bounds
         l1 = threat.norm == "l1"
         d = x[0].numel()
+        n_rows = len(act)
         if x_init is None:
             x_adv = threat.random_start(x, bounds, ctx.generator, kind="apgd", eps=eps)
             init_l0 = None
@@ -300,28 +291,25 @@ class APGD(Attack):
             sched: APGDStepSchedule | L1SparsitySchedule = L1SparsitySchedule(steps, loss, 1.0 * eps, d, init_l0)
         else:
             sched = APGDStepSchedule(steps, loss, 2.0 * eps, self.rho)
+        # the per-row state, compacted when rows retire
         s: dict[str, torch.Tensor | None] = {
-            "x": x, "y": y, "aim": aim, "goal": goal, "clean": clean, "rows": rows,
+            "x": x, "y": y, "aim": aim, "goal": goal, "clean": clean,
             "x_adv": x_adv, "x_old": x_adv.clone(), "grad": grad,
             "x_best": x_adv.clone(), "grad_best": grad.clone(),
         }
-        compacted = False
 
-        def drop(succ: torch.Tensor) -> bool:
-            keep = ~succ
-            for key, val in s.items():
-                if val is not None:
-                    s[key] = val[keep]
-            sched.keep(keep)
-            return True
+        def retire(succ: torch.Tensor) -> None:
+            before = len(act)
+            s.update(zip(s, act.retire(succ, *s.values()), strict=True))
+            if len(act) < before:
+                sched.keep(~succ)
 
         if track:
             succ = is_success(logits, y, goal)
-            tracker.update(x_adv, loss, succ, rows)
-            if bool(succ.any()):
-                compacted = drop(succ)
+            tracker.update(x_adv, loss, succ, act.rows)
+            retire(succ)
         for i in range(steps):
-            if not len(s["x"]):  # type: ignore[arg-type]
+            if not act:
                 return None
             xs, xa, g = s["x"], s["x_adv"], s["grad"]
             assert xs is not None and xa is not None and g is not None
@@ -352,10 +340,9 @@ class APGD(Attack):
                 s["grad"] = torch.where(_per_sample(reset, grad), s["grad_best"], grad)  # type: ignore[arg-type]
             if track:
                 succ = is_success(logits, s["y"], s["goal"])  # type: ignore[arg-type]
-                tracker.update(x_new, loss, succ, s["rows"])
-                if bool(succ.any()):
-                    compacted = drop(succ)
-        if compacted:
+                tracker.update(x_new, loss, succ, act.rows)
+                retire(succ)
+        if len(act) < n_rows:
             return None
         return s["x_adv"], s["x_best"]  # type: ignore[return-value]
 
@@ -369,10 +356,14 @@ class APGD(Attack):
         clean: torch.Tensor | None,
         threat: ThreatModel,
         tracker: BestTracker,
-        rows: torch.Tensor,
+        act: ActiveSet,
     ) -> torch.Tensor | None:
+        """One run (or the large-eps stages) on the rows of ``act``; the tensors are the
+        tracked batch's, cut to those rows here."""
+        x, y = act.gather(x), act.gather(y)
+        aim, goal, clean = act.gather(aim), act.gather(goal), act.gather(clean)
         if not self.large_eps:
-            out = self._single_run(ctx, x, y, aim, goal, clean, threat, threat.eps, self.steps, tracker, rows)
+            out = self._single_run(ctx, x, y, aim, goal, clean, threat, threat.eps, self.steps, tracker, act)
             return None if out is None else out[0]
         # the official use_largereps initialisation: a Gaussian draw projected as if it
         # were a perturbation (radius 3 eps), then re-projected around x at each stage
@@ -384,7 +375,7 @@ class APGD(Attack):
             x_init = x + project_l1_box(x_init - x, x, eps_j, ctx.bounds)
             last = j == len(stages) - 1
             out = self._single_run(
-                ctx, x, y, aim, goal, clean, threat, eps_j, steps_j, tracker, rows,
+                ctx, x, y, aim, goal, clean, threat, eps_j, steps_j, tracker, act,
                 x_init=x_init, final=last,
             )
             if out is None:
@@ -413,23 +404,13 @@ class APGD(Attack):
         else:
             runs = [(None, None)]
         final = x.clone()
-        everyone = torch.arange(len(x), device=x.device)
         for aim, goal in runs:
             for _ in range(self.restarts):
-                rows = everyone if ctx.training else (~tracker.success).nonzero().squeeze(1)
-                if not len(rows):
+                # training: every point, every run; evaluation: the points still unbroken
+                act = ActiveSet.everyone(len(x), x.device) if ctx.training else ActiveSet(~tracker.success)
+                if not act:
                     return tracker.x_best
-                out = self._attack_rows(
-                    ctx,
-                    x[rows],
-                    y[rows],
-                    None if aim is None else aim[rows],
-                    None if goal is None else goal[rows],
-                    None if clean is None else clean[rows],
-                    threat,
-                    tracker,
-                    rows,
-                )
+                out = self._attack_rows(ctx, x, y, aim, goal, clean, threat, tracker, act)
                 if ctx.training and out is not None:
                     final = out
         return final if ctx.training else tracker.x_best
@@ -462,8 +443,7 @@ class APGDT(APGD):
     def __init__(
         self, steps: int = 100, restarts: int = 1, targets: int = 9, rho: float = 0.75, large_eps: bool = False
     ) -> None:
-        if targets < 1:
-            raise ConfigError(f"apgd-t needs targets >= 1, got {targets}.")
+        check_int(targets, "targets", minimum=1)
         self._setup(steps, restarts, "dlr", targets, rho, large_eps)
 
 

@@ -37,15 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.attacks.base import (
-    Attack,
-    attack_mode,
-    attacks,
-    is_success,
-    looks_like_probabilities,
-    margin_loss,
-    model_bounds,
-)
+from robustlab.attacks.base import Attack, attacks
+from robustlab.attacks.engine import attack_mode, is_success, looks_like_probabilities, model_bounds
+from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import EpsilonError
 

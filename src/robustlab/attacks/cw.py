@@ -39,16 +39,11 @@ import math
 
 import torch
 
-from robustlab.attacks.base import (
-    Attack,
-    AttackContext,
-    attacks,
-    float_param,
-    int_param,
-    margin_loss,
-)
+from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.engine import ActiveSet, AttackContext
+from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel
-from robustlab.errors import ConfigError
+from robustlab.validation import check_float, check_int
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -95,14 +90,12 @@ class CarliniWagnerL2(Attack):
         kappa: float = 0.0,
         abort_early: bool = True,
     ) -> None:
-        self.steps = int_param("steps", steps, 1)
-        self.binary_search_steps = int_param("binary_search_steps", binary_search_steps, 1)
-        self.initial_const = float_param("initial_const", initial_const)
-        self.lr = float_param("lr", lr)
-        self.kappa = float_param("kappa", kappa, open_low=False)
-        if not isinstance(abort_early, bool):
-            raise ConfigError(f"abort_early must be True or False, got {abort_early!r}.")
-        self.abort_early = abort_early
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", minimum=1)
+        self.initial_const = check_float(initial_const, "initial_const", low=0, low_open=True)
+        self.lr = check_float(lr, "lr", low=0, low_open=True)
+        self.kappa = check_float(kappa, "kappa", low=0)
+        self.abort_early = check_bool(abort_early, "abort_early")
 
     def perturb(
         self,
@@ -133,8 +126,8 @@ class CarliniWagnerL2(Attack):
 
         for _ in range(self.binary_search_steps):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            # the state of the points still optimising, compacted when some stop early
-            rows = torch.arange(n, device=x.device)
+            # the state of the points still optimising; points that stall retire (abort_early)
+            act = ActiveSet.everyone(n, x.device)
             w, xa, ya, ta = w0.clone(), x, y, target
             ca = const.reshape(shape1)
             m, v = torch.zeros_like(w), torch.zeros_like(w)
@@ -144,18 +137,18 @@ class CarliniWagnerL2(Attack):
                 x_adv = mid + half * th
                 f, grad_f, logits = ctx.value_and_grad(x_adv, objective, ya, ta)
                 diff = x_adv - xa
-                l2sq = diff.reshape(len(rows), -1).pow(2).sum(1)
+                l2sq = diff.reshape(len(act), -1).pow(2).sum(1)
                 # record the current iterate (before the step), as the reference code does
                 ok = _adversarial(logits, ya, ta, self.kappa)
                 if bool(ok.any()):
                     l2 = l2sq.sqrt()
-                    found[rows[ok]] = True
-                    better = ok & (l2 < best_any_l2[rows])
-                    best_any_l2[rows[better]] = l2[better]
-                    best_any[rows[better]] = x_adv[better]
-                    inside = ok & (l2 <= threat.eps) & (l2 < best_in_l2[rows])
-                    best_in_l2[rows[inside]] = l2[inside]
-                    best_in[rows[inside]] = x_adv[inside]
+                    act.scatter(found, True, ok)
+                    better = ok & (l2 < act.gather(best_any_l2))
+                    act.scatter(best_any_l2, l2, better)
+                    act.scatter(best_any, x_adv, better)
+                    inside = ok & (l2 <= threat.eps) & (l2 < act.gather(best_in_l2))
+                    act.scatter(best_in_l2, l2, inside)
+                    act.scatter(best_in, x_adv, inside)
                 # Adam step on w (chain rule through the tanh box)
                 g = (2.0 * diff + ca * grad_f) * (half * (1.0 - th * th))
                 t = step + 1
@@ -165,15 +158,11 @@ class CarliniWagnerL2(Attack):
                 w = w - (self.lr / (1 - b1**t)) * m / denom
                 if self.abort_early and step % check_every == 0:
                     total = l2sq + ca.reshape(-1) * f
-                    go_on = total <= prev * 0.9999
+                    stalled = ~(total <= prev * 0.9999)
                     prev = total
-                    if not bool(go_on.all()):
-                        if not bool(go_on.any()):
-                            break
-                        rows, w, xa, ya, ca, m, v, prev = (
-                            t_[go_on] for t_ in (rows, w, xa, ya, ca, m, v, prev)
-                        )
-                        ta = None if ta is None else ta[go_on]
+                    w, xa, ya, ta, ca, m, v, prev = act.retire(stalled, w, xa, ya, ta, ca, m, v, prev)
+                    if not act:
+                        break
             # binary search on the constant (reference code's update)
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))

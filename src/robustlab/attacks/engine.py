@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.threat import Bounds, ThreatModel
-from robustlab.errors import ConfigError
+from robustlab.validation import check_choice
 
 
 def is_success(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -332,8 +332,7 @@ def generation_mode(model: nn.Module, bn_mode: str) -> Iterator[nn.Module]:
     """The module mode used while generating training adversarials, restored afterwards:
     ``"eval"`` (default; TRADES' official code), ``"train"`` (batch statistics, as in
     many PGD-AT implementations) or ``"keep"`` (leave the model as it is)."""
-    if bn_mode not in BN_MODES:
-        raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}.")
+    check_choice(bn_mode, "bn_mode", BN_MODES)
     modes = [(m, m.training) for m in model.modules()]
     if bn_mode == "eval":
         model.eval()

@@ -63,9 +63,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustlab.attacks.base import Attack, AttackContext, attacks, is_success
+from robustlab.attacks.base import Attack, attacks
+from robustlab.attacks.engine import ActiveSet, AttackContext, is_success
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import ConfigError
+from robustlab.progress import format_seconds
+from robustlab.progress import log as progress_log
 
 PROTOCOL = "robustlab-standard/1"
 FAST_PROTOCOL = "robustlab-fast/2"
@@ -262,6 +265,10 @@ class Ensemble(Attack):
     def required_classes(self, targeted: bool) -> int:
         return 2
 
+    def _progress_name(self) -> str:
+        """How progress lines name this ensemble: its registry name (``standard``...)."""
+        return str(getattr(type(self), "registry_name", type(self).__name__))
+
     def needs_clean_logits(self) -> bool:
         return True
 
@@ -286,29 +293,36 @@ class Ensemble(Attack):
         # each attack), so its draws do not depend on what earlier members consumed
         g_state = None if ctx.generator is None else ctx.generator.get_state()
         try:
-            for j, (_, atk) in enumerate(built):
-                rows = (broken_by < 0).nonzero().squeeze(1)
+            for j, (label, atk) in enumerate(built):
+                act = ActiveSet(broken_by < 0)  # the points no earlier member broke
                 f0, b0, t0 = ctx.forwards, ctx.backwards, time.perf_counter()
                 n_hit = 0
                 ctx.info, ctx.row_info = {}, {}
                 if ctx.generator is not None and g_state is not None:
                     ctx.generator.set_state(g_state)
-                if len(rows):
-                    ctx.clean_logits = None if clean_all is None else clean_all[rows]
-                    xa = atk.perturb(ctx, x[rows], y[rows], threat, None)
-                    _scatter_rows(member_rows, ctx.row_info, rows, len(x))
-                    xa = threat.project(xa.detach().to(x.dtype), x[rows], ctx.bounds)
-                    succ = is_success(ctx.logits(xa, exact=True), y[rows], None)
+                if act:
+                    ctx.clean_logits = act.gather(clean_all)
+                    xs, ys = act.gather(x), act.gather(y)
+                    xa = atk.perturb(ctx, xs, ys, threat, None)
+                    _scatter_rows(member_rows, ctx.row_info, act.rows, len(x))
+                    xa = threat.project(xa.detach().to(x.dtype), xs, ctx.bounds)
+                    succ = is_success(ctx.logits(xa, exact=True), ys, None)
                     if j == 0:
-                        x_adv[rows] = xa  # unbroken points keep the first member's best effort
-                    x_adv[rows[succ]] = xa[succ]
-                    broken_by[rows[succ]] = j
+                        act.scatter(x_adv, xa)  # unbroken points keep the first member's best effort
+                    act.scatter(x_adv, xa, succ)
+                    act.scatter(broken_by, j, succ)
                     n_hit = int(succ.sum())
                 member_info.append(ctx.info)
                 fw.append(ctx.forwards - f0)
                 bw.append(ctx.backwards - b0)
                 secs.append(time.perf_counter() - t0)
                 hits.append(n_hit)
+                progress_log.info(
+                    "%s %s: stage %d/%d %s on %d of %d points, %d broken, %d robust, %s",
+                    self._progress_name(), threat, j + 1, len(built), label, len(act),
+                    len(x) if ctx.points is None else ctx.points, n_hit, len(act) - n_hit,
+                    format_seconds(secs[-1]),
+                )
         finally:
             ctx.clean_logits = clean_all
             ctx.info, ctx.row_info = own_info, own_rows

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from robustlab.attacks.base import Attack, AttackContext, attacks
+from robustlab.attacks.base import Attack, attacks
+from robustlab.attacks.engine import AttackContext
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import ConfigError
+from robustlab.validation import check_int
 
 
 class EOTContext(AttackContext):
@@ -78,8 +80,7 @@ class EOT(Attack):
     """
 
     def __init__(self, attack: str | Attack = "apgd-ce", samples: int = 20, params: dict[str, Any] | None = None) -> None:
-        if samples < 1:
-            raise ConfigError(f"samples must be >= 1, got {samples}.")
+        samples = check_int(samples, "samples", minimum=1)
         if isinstance(attack, Attack):
             if params:
                 raise ConfigError("give params only with an attack name, not with an Attack object.")
@@ -89,7 +90,7 @@ class EOT(Attack):
                 raise ConfigError("eot cannot wrap itself.")
             self._inner = attacks.create(attack, **(params or {}))
         self.attack = attack if isinstance(attack, str) else getattr(type(attack), "registry_name", type(attack).__name__)
-        self.samples = int(samples)
+        self.samples = samples
         self.params = dict(params or {}) if isinstance(attack, str) else self._inner.get_params()
         self.norms = self._inner.norms  # type: ignore[misc]
         self.targeted_ok = self._inner.targeted_ok  # type: ignore[misc]

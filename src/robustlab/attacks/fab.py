@@ -30,20 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from robustlab.attacks.base import (
-    Attack,
-    AttackContext,
-    attack_mode,
-    attacks,
-    float_param,
-    int_param,
-    is_success,
-    margin_loss,
-    model_bounds,
-)
+from robustlab.attacks.base import Attack, attacks
+from robustlab.attacks.engine import ActiveSet, AttackContext, attack_mode, is_success, model_bounds
+from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import Bounds, ThreatModel, _flat_norm, _per_sample, draw
 from robustlab.errors import ConfigError
-from robustlab.validation import check_inputs, check_labels, check_shape
+from robustlab.validation import check_float, check_inputs, check_int, check_labels, check_shape
 
 # AutoAttack's defaults for the random-start radius when no budget is given (fab_base.py).
 DEFAULT_START_EPS = {"linf": 0.3, "l2": 1.0, "l1": 5.0}
@@ -208,11 +200,11 @@ class FAB(Attack):
         beta: float = 0.9,
         alpha_max: float = 0.1,
     ) -> None:
-        self.n_restarts = int_param("n_restarts", n_restarts, 1)
-        self.n_iter = int_param("n_iter", n_iter, 1)
-        self.eta = float_param("eta", eta, 0.0, math.inf)
-        self.beta = float_param("beta", beta, 0.0, 1.0)
-        self.alpha_max = float_param("alpha_max", alpha_max, 0.0, 1.0, open_low=False)
+        self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
+        self.n_iter = check_int(n_iter, "n_iter", minimum=1)
+        self.eta = check_float(eta, "eta", low=0, low_open=True)
+        self.beta = check_float(beta, "beta", low=0, high=1, low_open=True)
+        self.alpha_max = check_float(alpha_max, "alpha_max", low=0, high=1)
 
     # the runs a point goes through: (kind, class per point or None)
     def _runs(
@@ -254,22 +246,10 @@ class FAB(Attack):
         best_norm = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
         for kind, cls in self._runs(ctx, x, y, target):
             for restart in range(self.n_restarts):
-                rows = (best_norm > stop_at).nonzero().squeeze(1)
-                if not len(rows):
+                act = ActiveSet(best_norm > stop_at)
+                if not act:
                     return best, best_norm
-                self._run(
-                    ctx,
-                    x[rows],
-                    y[rows],
-                    None if cls is None else cls[rows],
-                    kind,
-                    threat,
-                    restart > 0,
-                    best,
-                    best_norm,
-                    rows,
-                    stop_at,
-                )
+                self._run(ctx, x, y, cls, kind, threat, restart > 0, best, best_norm, act, stop_at)
         return best, best_norm
 
     def _linearise(
@@ -293,7 +273,7 @@ class FAB(Attack):
     def _run(
         self,
         ctx: AttackContext,
-        x0: torch.Tensor,
+        x: torch.Tensor,
         y: torch.Tensor,
         cls: torch.Tensor | None,
         kind: str,
@@ -301,18 +281,20 @@ class FAB(Attack):
         random_start: bool,
         best: torch.Tensor,
         best_norm: torch.Tensor,
-        rows: torch.Tensor,
+        act: ActiveSet,
         stop_at: float,
     ) -> None:
-        """One FAB run (Algorithm 1) for the tracked ``rows``; updates ``best``/``best_norm``.
-        Points whose best norm falls to ``<= stop_at`` leave the run (their trajectory
-        no longer matters; the others' do not depend on them)."""
+        """One FAB run (Algorithm 1) for the rows of ``act`` (``x``, ``y``, ``cls``,
+        ``best``, ``best_norm`` are the searched batch's tensors); updates ``best`` and
+        ``best_norm``. Rows whose best norm falls to ``<= stop_at`` retire from the run
+        (their trajectory no longer matters; the others' do not depend on them)."""
         norm, bounds = threat.norm, ctx.bounds
+        x0, y, cls = act.gather(x), act.gather(y), act.gather(cls)
         goal = cls if kind == "target" else None
         x1 = x0.clone()
         if random_start:
             x1 = threat.clip_to_box(x0 + _random_direction(x0, norm, ctx.generator) * _per_sample(
-                0.5 * best_norm[rows].clamp_max(threat.eps), x0), bounds)
+                0.5 * act.gather(best_norm).clamp_max(threat.eps), x0), bounds)
         for _ in range(self.n_iter):
             n = len(x0)
             x0f, ar = x0.reshape(n, -1), torch.arange(n, device=x0.device)
@@ -334,19 +316,16 @@ class FAB(Attack):
             adv = is_success(ctx.logits(x1), y, goal)
             if bool(adv.any()):
                 size = _flat_norm(x1 - x0, norm)
-                better = adv & (size < best_norm[rows])
+                better = adv & (size < act.gather(best_norm))
                 if bool(better.any()):
-                    best[rows[better]] = x1[better]
-                    best_norm[rows[better]] = size[better]
+                    act.scatter(best, x1, better)
+                    act.scatter(best_norm, size, better)
                 back = _per_sample(adv, x1)
                 x1 = torch.where(back, x0 + self.beta * (x1 - x0), x1)
-                keep = best_norm[rows] > stop_at
-                if not bool(keep.all()):
-                    if not bool(keep.any()):
-                        return
-                    x0, x1, y, rows = x0[keep], x1[keep], y[keep], rows[keep]
-                    cls = None if cls is None else cls[keep]
-                    goal = None if goal is None else goal[keep]
+                done = ~(act.gather(best_norm) > stop_at)
+                x0, x1, y, cls, goal = act.retire(done, x0, x1, y, cls, goal)
+                if not act:
+                    return
 
 
 @attacks.register("fab-t")
@@ -373,7 +352,7 @@ class FABT(FAB):
         n_target_classes: int = 9,
     ) -> None:
         super().__init__(n_restarts=n_restarts, n_iter=n_iter, eta=eta, beta=beta, alpha_max=alpha_max)
-        self.n_target_classes = int_param("n_target_classes", n_target_classes, 1)
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
 
     def _runs(
         self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
@@ -466,14 +445,13 @@ def fab_min_norm(
             torch.zeros((), dtype=x.dtype, device=x.device),
             torch.full((), math.inf, dtype=x.dtype, device=x.device),
         )
-        active = (~done).nonzero().squeeze(1)
-        if len(active):
+        act = ActiveSet(~done)
+        if act:
             best, best_norm = attack.search(
-                ctx, x[active].detach(), y[active], threat,
-                None if target is None else target[active], stop_at=0.0,
+                ctx, act.gather(x).detach(), act.gather(y), threat, act.gather(target), stop_at=0.0
             )
-            x_adv[active] = best
-            sizes[active] = best_norm
+            act.scatter(x_adv, best)
+            act.scatter(sizes, best_norm)
     return MinNorm(x_adv=x_adv, norm=sizes, forwards=ctx.forwards, backwards=ctx.backwards)
 
 

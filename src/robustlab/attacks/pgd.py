@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.attacks.base import (
-    CLEAN_LOSSES,
-    Attack,
-    AttackContext,
-    BestTracker,
-    attack_loss,
-    attacks,
-    is_success,
-    loss_min_classes,
-)
+from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.engine import ActiveSet, AttackContext, BestTracker, is_success
+from robustlab.attacks.losses import CLEAN_LOSSES, attack_loss, loss_min_classes
 from robustlab.attacks.threat import ThreatModel, draw
 from robustlab.errors import ConfigError
+from robustlab.validation import check_float, check_int
 
 
 def ranked_targets(clean_logits: torch.Tensor, y: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -84,26 +78,20 @@ class PGD(Attack):
         init_std: float | None = None,
         l1_sparsity: float = 0.05,
     ) -> None:
-        if steps < 1 or restarts < 1:
-            raise ConfigError(f"steps and restarts must be >= 1, got {steps} and {restarts}.")
-        if targets < 0:
-            raise ConfigError(f"targets must be >= 0, got {targets}.")
-        if init_std is not None and init_std < 0:
-            raise ConfigError(f"init_std must be >= 0, got {init_std}.")
-        if not 0 < l1_sparsity <= 1:
-            raise ConfigError(f"l1_sparsity must lie in (0, 1], got {l1_sparsity}.")
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.step_size = None if step_size is None else check_float(step_size, "step_size", low=0, low_open=True)
+        self.rel_step_size = (
+            None if rel_step_size is None else check_float(rel_step_size, "rel_step_size", low=0, low_open=True)
+        )
+        self.random_start = check_bool(random_start, "random_start")
+        self.restarts = check_int(restarts, "restarts", minimum=1)
         attack_loss(loss)  # validate early
-        if loss in CLEAN_LOSSES and targets:
-            raise ConfigError(f"the {loss!r} loss is untargeted; use targets=0 with loss={loss!r}.")
-        self.steps = int(steps)
-        self.step_size = step_size
-        self.rel_step_size = rel_step_size
-        self.random_start = bool(random_start)
-        self.restarts = int(restarts)
         self.loss = loss
-        self.targets = int(targets)
-        self.init_std = init_std
-        self.l1_sparsity = float(l1_sparsity)
+        self.targets = check_int(targets, "targets", minimum=0)
+        if loss in CLEAN_LOSSES and self.targets:
+            raise ConfigError(f"the {loss!r} loss is untargeted; use targets=0 with loss={loss!r}.")
+        self.init_std = None if init_std is None else check_float(init_std, "init_std", low=0)
+        self.l1_sparsity = check_float(l1_sparsity, "l1_sparsity", low=0, high=1, low_open=True)
 
     def required_classes(self, targeted: bool) -> int:
         return loss_min_classes(self.loss, targeted or self.targets > 0)
@@ -134,12 +122,13 @@ class PGD(Attack):
         aim: torch.Tensor | None,
         goal: torch.Tensor | None,
         tracker: BestTracker,
-        rows: torch.Tensor,
+        act: ActiveSet,
         clean: torch.Tensor | None,
     ) -> torch.Tensor:
-        """One PGD run from a (random) start for the tracked ``rows``; returns the final
-        iterate (of every point in training; in evaluation, of the points never broken,
-        and the caller reads the tracker instead).
+        """One PGD run from a (random) start for the rows of ``act`` (``x``, ``y``, ``aim``,
+        ``goal``, ``clean`` are the tracked batch's tensors); returns the final iterate
+        (of every point in training; in evaluation, of the points never broken, and the
+        caller reads the tracker instead).
 
         ``aim`` is the class the loss pushes towards (None: away from ``y``); ``goal``
         is what counts as success (None: any misclassification). They differ only in
@@ -147,26 +136,25 @@ class PGD(Attack):
         """
         loss_fn = attack_loss(self.loss)
         alpha = self._alpha(threat)
-        xa = self._start(ctx, x, threat)
-        # the state of the points still attacked, compacted as points break
-        xs, ya, aa, ga, ca, ra = x, y, aim, goal, clean, rows
+        # the state of the points still attacked; broken points retire (evaluation only)
+        xs, ya = act.gather(x), act.gather(y)
+        aa, ga, ca = act.gather(aim), act.gather(goal), act.gather(clean)
+        xa = self._start(ctx, xs, threat)
         stop_early = not ctx.training
         for i in range(self.steps + 1):
             if i == self.steps:  # the last iterate only needs a forward pass
                 if stop_early:
                     logits = ctx.logits(xa)
-                    tracker.update(xa, loss_fn(logits, ya, aa, ca), is_success(logits, ya, ga), ra)
+                    tracker.update(xa, loss_fn(logits, ya, aa, ca), is_success(logits, ya, ga), act.rows)
                 return xa
             loss, grad, logits = ctx.value_and_grad(xa, loss_fn, ya, aa, ca)
             if stop_early:
                 succ = is_success(logits, ya, ga)
-                tracker.update(xa, loss, succ, ra)
-                if bool(succ.any()):  # compact: only still-unbroken points take further steps
-                    keep = ~succ
-                    if not bool(keep.any()):
-                        return xa
-                    xa, xs, ya, grad, ra = xa[keep], xs[keep], ya[keep], grad[keep], ra[keep]
-                    aa, ga, ca = (None if t is None else t[keep] for t in (aa, ga, ca))
+                tracker.update(xa, loss, succ, act.rows)
+                # only still-unbroken points take further steps
+                xa, xs, ya, grad, aa, ga, ca = act.retire(succ, xa, xs, ya, grad, aa, ga, ca)
+                if not act:
+                    return xa
             direction = threat.ascent_direction(
                 grad, sparsity=self.l1_sparsity, x=xa, bounds=ctx.bounds
             ) if threat.norm == "l1" else threat.ascent_direction(grad)
@@ -195,22 +183,13 @@ class PGD(Attack):
         for aim, goal in runs:
             for _ in range(self.restarts):
                 if ctx.training:  # training: every point, every run; keep the last run's iterate
-                    final = self._run(ctx, x, y, threat, aim, goal, tracker, torch.arange(len(x), device=x.device), clean)
+                    everyone = ActiveSet.everyone(len(x), x.device)
+                    final = self._run(ctx, x, y, threat, aim, goal, tracker, everyone, clean)
                     continue
-                rows = (~tracker.success).nonzero().squeeze(1)
-                if not len(rows):
+                act = ActiveSet(~tracker.success)  # each run attacks the points still unbroken
+                if not act:
                     return tracker.x_best
-                self._run(
-                    ctx,
-                    x[rows],
-                    y[rows],
-                    threat,
-                    None if aim is None else aim[rows],
-                    None if goal is None else goal[rows],
-                    tracker,
-                    rows,
-                    None if clean is None else clean[rows],
-                )
+                self._run(ctx, x, y, threat, aim, goal, tracker, act, clean)
         return final if ctx.training else tracker.x_best
 
 

@@ -28,17 +28,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.base import (
-    Attack,
-    AttackContext,
-    attacks,
-    float_param,
-    int_param,
-    is_success,
-    margin_loss,
-)
+from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.engine import ActiveSet, AttackContext, is_success
+from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel, draw
-from robustlab.errors import ConfigError
+from robustlab.validation import check_choice, check_float, check_int
 
 # p_selection of the official code: iteration thresholds (out of 10,000) where p halves
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -156,15 +150,11 @@ class Square(Attack):
         loss: str = "margin",
         resc_schedule: bool = True,
     ) -> None:
-        self.n_queries = int_param("n_queries", n_queries, 1)
-        self.n_restarts = int_param("n_restarts", n_restarts, 1)
-        self.p_init = float_param("p_init", p_init, 0.0, 1.0)  # the official default is 0.8
-        if loss not in SQUARE_LOSSES:
-            raise ConfigError(f"unknown Square loss {loss!r}; choose one of {', '.join(SQUARE_LOSSES)}.")
-        if not isinstance(resc_schedule, bool):
-            raise ConfigError(f"resc_schedule must be True or False, got {resc_schedule!r}.")
-        self.loss = loss
-        self.resc_schedule = resc_schedule
+        self.n_queries = check_int(n_queries, "n_queries", minimum=1)
+        self.n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
+        self.p_init = check_float(p_init, "p_init", low=0, high=1, low_open=True)  # official default 0.8
+        self.loss = check_choice(loss, "loss", SQUARE_LOSSES)
+        self.resc_schedule = check_bool(resc_schedule, "resc_schedule")
 
     # -- scores ---------------------------------------------------------------------------
     def _query(
@@ -215,16 +205,13 @@ class Square(Attack):
         x_best = img.clone()
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for restart in range(self.n_restarts):
-            rows = (~success).nonzero().squeeze(1)
-            if not len(rows):
+            act = ActiveSet(~success)  # later runs attack only the points still unbroken
+            if not act:
                 break
-            xb, ok = self._run(
-                ctx, img[rows], x.shape, y[rows], None if target is None else target[rows], threat
-            )
+            xb, ok = self._run(ctx, act.gather(img), x.shape, act.gather(y), act.gather(target), threat)
             # the first run's best points are kept; a later run replaces them where it succeeds
-            take = ok if restart > 0 else torch.ones_like(ok)
-            x_best[rows[take]] = xb[take]
-            success[rows] |= ok
+            act.scatter(x_best, xb, ok if restart > 0 else None)
+            act.scatter(success, True, ok)
         return x_best.reshape(x.shape)
 
     def _run(
@@ -246,12 +233,12 @@ class Square(Attack):
         else:
             x_best = threat.project(x + eps * _signs((n, c, 1, w), x, gen), x, bounds)
         loss_best, success = self._query(ctx, x_best, shape, y, target)
-        # the state of the still-unbroken points, compacted as points break
-        act = (~success).nonzero().squeeze(1)
-        xa, xb, ya, lb = x[act], x_best[act], y[act], loss_best[act]
-        ta = None if target is None else target[act]
+        # the state of the still-unbroken points; broken points retire
+        act = ActiveSet(~success)
+        xa, xb, ya, lb = act.gather(x), act.gather(x_best), act.gather(y), act.gather(loss_best)
+        ta = act.gather(target)
         for it in range(self.n_queries):
-            if not len(act):
+            if not act:
                 break
             p = p_selection(self.p_init, it, self.n_queries, self.resc_schedule)
             sh, sw = self._window(p, h, w, c, l2)
@@ -267,12 +254,10 @@ class Square(Attack):
             lb = torch.where(improved, loss, lb)
             xb = torch.where((improved | ok).reshape(-1, 1, 1, 1), cand, xb)
             if bool(ok.any()):
-                x_best[act[ok]] = xb[ok]
-                success[act[ok]] = True
-                keep = ~ok
-                act, xa, xb, ya, lb = act[keep], xa[keep], xb[keep], ya[keep], lb[keep]
-                ta = None if ta is None else ta[keep]
-        x_best[act] = xb
+                act.scatter(x_best, xb, ok)
+                act.scatter(success, True, ok)
+                xa, xb, ya, lb, ta = act.retire(ok, xa, xb, ya, lb, ta)
+        act.scatter(x_best, xb)
         return x_best, success
 
     def _l2_init(

@@ -6,9 +6,11 @@ import gzip
 import hashlib
 import io
 import os
+import struct
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustlab.data import download as dl
+from robustlab.data import readers
 from robustlab.data.datasets import available, datasets, default_root, load, stratified_split
 from robustlab.errors import (
     ChecksumError,
@@ -498,3 +501,40 @@ def test_imagefolder_missing(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(DataNotFoundError, match="no images"):
         load("imagefolder", path=tmp_path / "empty")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny grayscale PNG whose IHDR declares ``width x height`` (its pixels are absent)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [60_000, 10_000])  # Pillow: error above 2x the limit, warning above it
+def test_imagefolder_refuses_a_decompression_bomb_without_decoding_it(tmp_path, png_writer, monkeypatch, side):
+    from PIL import ImageFile
+
+    for cls in ("a", "b"):
+        for i in range(3):
+            png_writer(tmp_path / "imgs" / cls / f"{i}.png", _gray(i))
+    bomb = tmp_path / "imgs" / "b" / "9.png"
+    bomb.write_bytes(_png_header_only(side, side))
+    assert bomb.stat().st_size < 200
+
+    def no_decoding(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for split in ("train", "test"):
+        with pytest.raises(DataError) as info:
+            load("imagefolder", split, path=tmp_path / "imgs")
+        msg = str(info.value)
+        assert msg.startswith(f"{bomb}: declares {side * side:,} pixels, more than PIL.Image.MAX_IMAGE_PIXELS")
+        assert "decompression bomb" in msg and "\n" not in msg
+    # the reader refuses it on its own too (not only after image_info)
+    with pytest.raises(DataError, match="decompression bomb"):
+        readers.read_images([bomb], mode="L", size=None)

@@ -22,20 +22,26 @@ CIFAR python batches
 npz
     Read with ``np.load(path, allow_pickle=False)``: object arrays are refused.
 Image folders
-    ``<root>/<class name>/*.png|jpg|jpeg|bmp|gif``, decoded with Pillow.
+    ``<root>/<class name>/*.png|jpg|jpeg|bmp|gif``, decoded with Pillow. An image whose
+    header declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's
+    decompression-bomb limit; its warning is treated as an error) is refused with a
+    :class:`~robustlab.errors.DataError` naming the file, before anything is decoded.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import io
 import math
 import os
 import pickle
+import re
+import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -387,19 +393,46 @@ def scan_image_folder(
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
-def image_info(paths: Sequence[Path]) -> tuple[list[str], list[tuple[int, int]]]:
-    """Pillow mode and ``(height, width)`` of each image, reading headers only."""
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` with robustlab's errors: a :class:`DataError` naming the file
+    for unreadable images and for possible decompression bombs.
+
+    Pillow reads only the header on open. An image declaring more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused there, before any pixel is decoded:
+    Pillow raises ``DecompressionBombError`` above twice the limit and warns
+    (``DecompressionBombWarning``) above the limit; both are refused here. Errors raised
+    while the image is used inside the block (decoding a truncated file) become a
+    :class:`DataError` as well.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DataError(
+            f"{path}: declares {declared}, more than PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS or 0:,}; refused without decoding it (a possible "
+            f"decompression bomb). Remove the file, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+            f"you trust it."
+        ) from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}).") from exc
+
+
+def image_info(paths: Sequence[Path]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Pillow mode and ``(height, width)`` of each image, reading headers only."""
     modes: list[str] = []
     sizes: list[tuple[int, int]] = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                modes.append(im.mode)
-                sizes.append((im.height, im.width))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{p}: cannot read image ({exc}).") from exc
+        with open_image(p) as im:
+            modes.append(im.mode)
+            sizes.append((im.height, im.width))
     return modes, sizes
 
 
@@ -415,27 +448,25 @@ def read_images(
 
     ``size`` is ``(height, width)`` to resize to (bilinear), or ``None`` in which case all
     images must already share one size (else :class:`DataError` asking for ``size``).
+    Images are opened with :func:`open_image` (decompression bombs refused).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if mode not in ("L", "RGB"):
         raise ConfigError(f"mode must be 'L' or 'RGB', got {mode!r}.")
     arrays: list[np.ndarray] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    raise DataError(
-                        f"{p}: {im.mode} images (16-bit or float) are not supported; "
-                        f"convert them to 8-bit."
-                    )
-                img = im.convert(mode)
-                if size is not None:
-                    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                a = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{p}: cannot read image ({exc}).") from exc
+        with open_image(p) as im:
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise DataError(
+                    f"{p}: {im.mode} images (16-bit or float) are not supported; "
+                    f"convert them to 8-bit."
+                )
+            img = im.convert(mode)
+            if size is not None:
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(img, dtype=np.uint8)
         hw = (a.shape[0], a.shape[1])
         if first is None:
             first = (p, hw)
@@ -460,6 +491,7 @@ __all__ = [
     "default_mode",
     "image_info",
     "load_pickle",
+    "open_image",
     "parse_idx",
     "read_cifar_batch",
     "read_cifar_meta",

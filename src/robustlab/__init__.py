@@ -1,7 +1,7 @@
 """robustlab: train and evaluate the robustness of PyTorch classifiers.
 
 The package is organised one folder per idea (see DESIGN): ``data``, ``models``,
-``losses``, ``attacks``, ``train``, ``evaluate``, ``experiments``, ``report``.
+``losses``, ``attacks``, ``train``, ``evaluate``, ``labels``, ``experiments``, ``report``.
 Sub-packages are imported lazily so that ``import robustlab`` stays cheap.
 """
 
@@ -22,6 +22,7 @@ _SUBMODULES = {
     "train",
     "evaluate",
     "experiments",
+    "labels",
     "report",
 }
 

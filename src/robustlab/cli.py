@@ -6,6 +6,8 @@ command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -19,20 +21,53 @@ app = typer.Typer(
     help=(
         "Train and evaluate the robustness of PyTorch classifiers: label noise, adversarial "
         "attacks and training. Results go to a SQLite store (default ./robustlab-results, "
-        "or $ROBUSTLAB_RESULTS) and an offline HTML report."
+        "or $ROBUSTLAB_RESULTS) and an offline HTML report. Start with `robustlab bench`, "
+        "or `robustlab init my.yaml` and `robustlab run my.yaml`."
     ),
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
+#: the narrowest layout is used when output is not a terminal (a log file)
+LOG_WIDTH = 80
+
+
+@app.callback()
+def _global(
+    threads: Optional[str] = typer.Option(
+        None, "--threads", help="CPU threads for torch: a number, or 'auto' (default: one thread for small "
+        "models, measured to be fastest and fair on a shared machine; also $ROBUSTLAB_THREADS).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only results and errors."),
+) -> None:
+    """Options for every command."""
+    if threads is not None:
+        from robustlab.errors import ConfigError
+
+        text = threads.strip().lower()
+        if text != "auto" and not (text.isdigit() and int(text) > 0):
+            raise ConfigError(f"--threads must be a positive integer or 'auto', got {threads!r}.")
+        os.environ["ROBUSTLAB_THREADS"] = text
+    _setup_logging(quiet)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """Progress lines (per epoch, per attack stage, per run) to stderr: plain on a
+    terminal, with a time stamp in a log file."""
+    logger = logging.getLogger("robustlab")
+    for h in list(logger.handlers):
+        if getattr(h, "_robustlab_cli", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._robustlab_cli = True  # type: ignore[attr-defined]
+    tty = sys.stderr.isatty()
+    handler.setFormatter(logging.Formatter("%(message)s" if tty else "%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
 ResultsOpt = typer.Option(None, "--results", "-r", help="Results folder (default: $ROBUSTLAB_RESULTS or ./robustlab-results).")
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
 
 
 def _store(results: Optional[Path]) -> Any:
@@ -41,34 +76,30 @@ def _store(results: Optional[Path]) -> Any:
     return ResultsStore(results)
 
 
+def _width() -> int:
+    """The width tables are laid out for: the terminal's, or 80 columns in a log."""
+    if sys.stdout.isatty():
+        import shutil
+
+        return max(shutil.get_terminal_size((LOG_WIDTH, 24)).columns, 40)
+    return LOG_WIDTH
+
+
 def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
-    from rich.table import Table
+    from robustlab.report import text_table
 
-    from robustlab.report import results_table
-
-    table_rows = results_table(rows)
-    if not table_rows:
-        _console().print("(no runs)")
+    if not rows:
+        _out("(no runs)")
         return
-    skip = {"id", "status", "dataset", "model", "objective", "loss", "noise kind", "noise rate",
-            "best_epoch", "best_val_accuracy", "test_accuracy_best", "test_accuracy_last"}
-    cols = [c for c in table_rows[0] if c not in skip]
-    t = Table(title=title)
-    for c in cols:
-        t.add_column(c, justify="left" if c == "name" else "right")
-    for r in table_rows:
-        t.add_row(*[_fmt(c, r.get(c)) for c in cols])
-    _console().print(t)
+    if title:
+        _out(title)
+    _out(text_table(rows, width=_width()))
 
 
-def _fmt(col: str, v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if "accuracy" in col or col.startswith(("pgd", "fgsm")) or "eps=" in col or col in ("flip_rate", "ece"):
-            return f"{100 * v:.1f}" if col != "ece" else f"{v:.3f}"
-        return f"{v:.3g}"
-    return str(v)
+def _out(text: str) -> None:
+    """Plain text to stdout (no markup, no wrapping by rich)."""
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
 
 
 def _write_report(store: Any, rows: list[dict[str, Any]], out: Optional[Path], title: str, notes: list[str]) -> Path:
@@ -98,6 +129,16 @@ def _notes_for(rows: list[dict[str, Any]]) -> list[str]:
 
 
 # -- commands -------------------------------------------------------------------------------
+def _run_line(i: int, total: int, rec: Any) -> str:
+    """One line per finished run: its name, clean accuracy and time, or that it was reused."""
+    acc = (rec.metrics or {}).get("clean_accuracy")
+    accs = "—" if acc is None else f"{100 * acc:.1f}%"
+    when = "stored, 0.0 s" if getattr(rec, "reused", False) else f"{rec.duration_s or 0:.1f} s"
+    flags = ((rec.metrics or {}).get("training") or {}).get("flags") or []
+    warn = f"  [{len(flags)} training flag(s)]" if flags else ""
+    return f"[{i + 1}/{total}] {rec.name}: clean accuracy {accs} ({when}){warn}"
+
+
 @app.command()
 def bench(
     suite: str = typer.Option("bench", "--suite", "-s", help="Packaged suite name or a YAML file."),
@@ -109,45 +150,77 @@ def bench(
     """Run the default benchmark suite on the embedded digits data and write the report."""
     import time
 
-    from robustlab.experiments import load_suite, packaged_config, run_suite
+    from robustlab.experiments import load_suite, packaged_config
 
     path = Path(suite) if suite.endswith((".yaml", ".yml")) else packaged_config(suite)
     s = load_suite(path)
     store = _store(results)
-    con = _console()
     n = len(s.expand(overrides or []))
-    con.print(f"[bold]robustlab bench[/]: suite {s.suite!r}, {n} runs, results in {store.root}")
+    _out(f"robustlab bench: suite {s.suite!r}, {n} runs, results in {store.root}")
     t0 = time.perf_counter()
-
-    def on_run(i: int, total: int, cfg: Any, rec: Any) -> None:
-        acc = (rec.metrics or {}).get("clean_accuracy")
-        accs = "—" if acc is None else f"{100 * acc:.1f}%"
-        con.print(f"  [{i + 1}/{total}] {cfg.label()}: clean accuracy {accs} ({rec.duration_s or 0:.1f}s)")
-
-    records = run_suite(s, store, overrides=overrides or [], force=force, on_run=on_run)
+    records = _run_suite(s, store, overrides or [], force)
     rows = [r.to_dict() for r in records]
     _print_table(rows, title=f"suite {s.suite}")
+    _print_training_flags(records)
     out = _write_report(store, rows, report, s.report.get("title", f"robustlab {s.suite}"), [s.description.strip(), *_notes_for(rows)])
-    con.print(f"wall time {time.perf_counter() - t0:.1f}s")
-    con.print(f"report: {out.resolve()}")
+    reused = sum(bool(getattr(r, "reused", False)) for r in records)
+    _out(f"wall time {time.perf_counter() - t0:.1f} s ({n - reused} runs computed, {reused} reused from the store)")
+    _out(f"report: {out.resolve()}")
+
+
+def _run_suite(s: Any, store: Any, overrides: list[str], force: bool) -> list[Any]:
+    from robustlab.experiments import run_suite
+
+    def on_run(i: int, total: int, cfg: Any, rec: Any) -> None:
+        _out(_run_line(i, total, rec))
+
+    return list(run_suite(s, store, overrides=overrides, force=force, on_run=on_run))
+
+
+def _print_training_flags(records: list[Any]) -> None:
+    for r in records:
+        for f in ((r.metrics or {}).get("training") or {}).get("flags") or []:
+            _out(f"flag ({r.name}) {f}")
+
+
+EXAMPLE = "example"
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("robustlab.yaml"), help="Where to write the example config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented example experiment config to start from (then: robustlab run PATH)."""
+    from robustlab._atomic import atomic_path
+    from robustlab.errors import ConfigError
+    from robustlab.experiments import packaged_config
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; choose another path or pass --force to overwrite it.")
+    text = packaged_config(EXAMPLE).read_text()
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    _out(f"wrote {path}; run it with: robustlab run {path}   (overrides: robustlab run {path} train.epochs=5)")
 
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="Experiment or suite YAML file."),
+    config: Path = typer.Argument(..., help="Experiment or suite YAML file (robustlab init writes an example)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. noise.rate=0.4 train.epochs=10"),
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run even if this config already finished."),
 ) -> None:
-    """Run one experiment (or a suite) from a YAML config; finished configs are skipped."""
-    from robustlab.experiments import load_suite, run_suite
+    """Run one experiment (or a suite) from a YAML config; finished configs are reused."""
+    from robustlab.experiments import load_suite
 
     s = load_suite(config)
     store = _store(results)
-    records = run_suite(s, store, overrides=overrides or [], force=force)
+    records = _run_suite(s, store, overrides or [], force)
     _print_table([r.to_dict() for r in records])
+    _print_training_flags(records)
     for r in records:
-        _console().print(f"run {r.id[:10]} {r.status}: artifacts in {store.root / 'artifacts' / r.id}")
+        _out(f"run {r.id[:10]} {r.status}: artifacts in {store.root / 'artifacts' / r.id}")
 
 
 @app.command()
@@ -157,39 +230,67 @@ def train(
     loss: str = typer.Option("ce", help="Loss name (robustlab ls losses)."),
     objective: str = typer.Option("erm", help="Objective name (robustlab ls objectives)."),
     noise: Optional[str] = typer.Option(None, help="Label noise as KIND:RATE, e.g. symmetric:0.4."),
-    epochs: int = typer.Option(20),
-    lr: float = typer.Option(0.05),
-    batch_size: int = typer.Option(128),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the Trainer's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the Trainer's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size (default: the Trainer's)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cpu)."),
     seed: int = typer.Option(0),
     root: Optional[str] = typer.Option(None, help="Dataset folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy the trained weights here (.safetensors)."),
     results: Optional[Path] = ResultsOpt,
-    overrides: list[str] = typer.Argument(None, help="Further key=value overrides."),
+    overrides: list[str] = typer.Argument(None, help="Further key=value overrides, e.g. train.objective=trades."),
 ) -> None:
     """Train one model (stored as a run) and optionally copy its weights to --out."""
     import shutil
 
     from robustlab.experiments import make_config, run_experiment
 
-    tree: dict[str, Any] = {
-        "seed": seed,
-        "data": {"name": data, "root": root},
-        "model": {"name": model},
-        "train": {"objective": objective, "loss": {"name": loss}, "epochs": epochs, "lr": lr, "batch_size": batch_size},
-    }
+    train_tree: dict[str, Any] = {"objective": objective, "loss": {"name": loss}}
+    for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("device", device)):
+        if value is not None:
+            train_tree[key] = value
+    tree: dict[str, Any] = {"seed": seed, "data": {"name": data, "root": root}, "model": {"name": model}, "train": train_tree}
     if noise:
         kind, rate = _parse_noise(noise)
         tree["noise"] = {"kind": kind, "rate": rate}
     cfg = make_config(tree, overrides or [])
+    from robustlab.experiments.config import with_override_names
+
+    cfg = with_override_names(cfg, tree, overrides or [])
     store = _store(results)
     rec = run_experiment(cfg, store)
     weights = store.root / "artifacts" / rec.id / "model.safetensors"
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(weights, out)
+        from robustlab._atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            shutil.copyfile(weights, tmp)
         weights = out
+    _out(_run_line(0, 1, rec))
     _print_table([rec.to_dict()])
-    _console().print(f"weights: {weights}")
+    _print_training_summary(rec)
+    _out(f"weights: {weights}")
+
+
+def _print_training_summary(rec: Any) -> None:
+    """Best epoch, validation (robust) accuracy, early stopping, training flags."""
+    m = rec.metrics or {}
+    t = m.get("training") or {}
+    hist = m.get("history") or []
+    last = hist[-1] if hist else {}
+    parts = [f"trained {t.get('epochs_trained', len(hist))} epochs"]
+    if last.get("val_accuracy") is not None:
+        parts.append(f"validation accuracy {100 * last['val_accuracy']:.1f}%")
+    if last.get("val_robust_accuracy") is not None:
+        parts.append(f"validation robust accuracy {100 * last['val_robust_accuracy']:.1f}%")
+    if t.get("best_epoch") is not None:
+        parts.append(f"best epoch {t['best_epoch']} by {t.get('best_metric')} = {100 * (t.get('best_score') or 0):.1f}% "
+                     f"(its weights kept)")
+    _out("; ".join(parts))
+    if t.get("selected") is not None or t.get("stopped_early"):
+        _out(f"early stopping: {t.get('stop_reason') or 'not triggered'}")
+    for f in t.get("flags") or []:
+        _out(f"flag {f}")
 
 
 def _eps_list(values: list[str]) -> list[float]:
@@ -198,49 +299,81 @@ def _eps_list(values: list[str]) -> list[float]:
     return [parse_eps(v) for v in values]
 
 
+def _check_subset(subset: Optional[int]) -> Optional[int]:
+    from robustlab.validation import check_subset
+
+    return check_subset(subset, "--subset")
+
+
 @app.command()
 def evaluate(
-    model: Path = typer.Option(..., "--model", "-m", help="Weights saved by robustlab (.safetensors)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory."),
     data: str = typer.Option("digits", help="Dataset name."),
     split: str = typer.Option("test"),
     root: Optional[str] = typer.Option(None, help="Dataset folder."),
     attack: str = typer.Option("pgd", help="Attack name (robustlab ls attacks)."),
     norm: str = typer.Option("linf"),
     eps: list[str] = typer.Option(["0.1"], help="Budget(s); repeat the option; fractions like 8/255 work."),
-    steps: int = typer.Option(20, help="Attack iterations (for iterative attacks)."),
-    subset: Optional[int] = typer.Option(None, help="Attack only this many test points."),
-    factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
+    steps: Optional[int] = typer.Option(None, help="Attack iterations (iterative attacks; default: 20 for pgd)."),
+    subset: Optional[int] = typer.Option(None, help="Attack N points of a fixed seeded permutation (default: all)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Evaluate saved weights: clean accuracy, calibration and robust accuracy (not stored;
-    `robustlab attack` stores its evaluations as runs)."""
+    """Evaluate saved weights: clean accuracy, calibration and robust accuracy (stored as a run
+    in suite 'evaluations', like `robustlab attack`, which prints more detail)."""
     import inspect
 
-    from robustlab import data as data_mod
     from robustlab.attacks import attacks
-    from robustlab.evaluate import EvaluationSpec, evaluate_model
-    from robustlab.models import load_model
+    from robustlab.evaluate import Measurement
+    from robustlab.experiments import evaluate_weights
 
-    net = load_model(model, factory=factory)
-    ds = data_mod.load(data, split, root=root, seed=seed)
+    params: dict[str, Any] = {}
     takes_steps = "steps" in inspect.signature(attacks.get(attack)).parameters
-    spec = EvaluationSpec(attack, norm, _eps_list(eps), {"steps": steps} if takes_steps else {}, subset)
-    metrics, _ = evaluate_model(net, ds, [spec], seed=seed)
-    con = _console()
-    con.print(f"{ds.name} {split} ({len(ds)} points): clean accuracy {100 * metrics['clean_accuracy']:.2f}%, ECE {metrics['ece']:.4f}")
-    for r in metrics["robust"]:
-        con.print(f"  {r['attack']} {r['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['accuracy']:.2f}% on {r['num_points']} points")
-    _print_flags([f for r in metrics["robust"] for f in r.get("flags", [])])
+    if steps is not None:
+        if not takes_steps:
+            from robustlab.errors import ConfigError
+
+            raise ConfigError(f"attack {attack!r} has no steps; drop --steps.")
+        params["steps"] = steps
+    elif takes_steps and attacks.canonical(attack) == "pgd":
+        params["steps"] = 20
+    m = Measurement(attack, norm, _eps_list(eps), params, _check_subset(subset), "cheap")
+    rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=[m],
+                              device=device, factory=factory, seed=seed, force=force)
+    met = rec.metrics
+    _out(f"{data} {split} ({met['num_test']} points): clean accuracy {100 * met['clean_accuracy']:.2f}%, "
+         f"ECE {met['ece']:.4f}; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(_provenance_line(met.get("provenance")))
+    for r in met["robust"]:
+        _out(f"  {r['attack']} {r['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['accuracy']:.2f}% "
+             f"on {r['num_points']} of {r['num_total']} points")
+    _print_flags([f for r in met["robust"] for f in r.get("flags", [])])
+
+
+def _pct0(v: float | None) -> str:
+    return "\u2014" if v is None else f"{100 * v:.0f}%"
+
+
+def _provenance_line(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "weights: unknown origin"
+    if p.get("run_id"):
+        t = p.get("training") or {}
+        noise = t.get("noise")
+        labels = "clean labels" if not noise else f"{noise['kind']} label noise {noise['rate']:g}"
+        return (f"weights: run {p.get('run_name')} ({p['run_id'][:10]}): {t.get('objective')}/{t.get('loss')} "
+                f"on {t.get('dataset')} with {labels}; sha256 {p['weights_sha256'][:12]}")
+    return f"weights: unknown origin (not written by a robustlab run); sha256 {p['weights_sha256'][:12]}"
 
 
 def _print_flags(flags: list[str]) -> None:
-    from rich.markup import escape
-
-    con = _console()
     for f in dict.fromkeys(flags):
-        con.print(f"[bold yellow]flag[/] {escape(str(f))}", soft_wrap=True)
+        _out(f"flag {f}")
     if not flags:
-        con.print("no audit flags")
+        _out("no audit flags")
 
 
 _AUDIT_MODES: dict[str, bool | str] = {"full": True, "cheap": "cheap", "none": False}
@@ -248,19 +381,19 @@ _AUDIT_MODES: dict[str, bool | str] = {"full": True, "cheap": "cheap", "none": F
 
 @app.command()
 def attack(
-    model: Path = typer.Option(..., "--model", "-m", help="Weights saved by robustlab (.safetensors)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory."),
     data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
     split: str = typer.Option("test"),
     root: Optional[str] = typer.Option(None, help="Dataset folder."),
     norm: str = typer.Option("linf", help="Threat model: linf, l2 or l1."),
     eps: list[str] = typer.Option(["8/255"], help="Budget(s); repeat the option; fractions like 8/255 work."),
     attack_name: str = typer.Option("standard", "--attack", help="Attack or protocol (robustlab ls attacks): standard, fast, apgd-ce, pgd, ..."),
-    subset: Optional[int] = typer.Option(None, help="Attack only the first N points of the split."),
+    subset: Optional[int] = typer.Option(None, help="Attack N points of a fixed seeded permutation (default: all)."),
     batch_size: str = typer.Option("auto", help="Points per batch, or 'auto' (memory-aware on CUDA)."),
     amp: bool = typer.Option(False, help="CUDA autocast for the attack; successes are re-checked in fp32."),
     audit: str = typer.Option("full", help="Audit checks: full, cheap (no extra attacks) or none."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    factory: Optional[str] = typer.Option(None, help="module:function building a user model for these weights."),
+    factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (JSON) here."),
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
@@ -269,8 +402,6 @@ def attack(
     """Robust accuracy under an attack (default: the standard ensemble) at each eps, after each
     ensemble member and per class, with the audit's flags; stored as a run (suite 'evaluations')."""
     import json
-
-    from rich.markup import escape
 
     from robustlab._atomic import atomic_path
     from robustlab.errors import ConfigError
@@ -283,22 +414,26 @@ def attack(
     store = _store(results)
     rec, _ = evaluate_weights(
         model, store, data=data, split=split, root=root, attack=attack_name, norm=norm, eps=_eps_list(eps),
-        subset=subset, batch_size="auto" if batch_size == "auto" else int(batch_size), amp=amp,
+        subset=_check_subset(subset), batch_size="auto" if batch_size == "auto" else int(batch_size), amp=amp,
         audit=_AUDIT_MODES[audit], device=device, factory=factory, seed=seed, force=force,
     )
     rep = rec.metrics["attack_report"]
-    con = _console()
-    con.print(f"{data} {split}: {rep['num_points']} points, clean accuracy {100 * rep['clean_accuracy']:.2f}% "
-              f"({escape(rep['protocol'])} on {rep['device']}); run {rec.id[:10]}")
+    rows = rec.metrics["robust"]
+    n_total = rows[0]["num_total"] if rows else rep["num_points"]
+    _out(f"{data} {split}: {rep['num_points']} of {n_total} points, clean accuracy {100 * rep['clean_accuracy']:.2f}% "
+         f"({rep['protocol']} on {rep['device']}); run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(_provenance_line(rec.metrics.get("provenance")))
     for r in rep["results"]:
         stages = ", ".join(f"after {k} {100 * v:.2f}%" for k, v in r["per_attack"].items() if k != "clean")
-        con.print(f"  {rep['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['robust_accuracy']:.2f}% "
-                  f"({escape(stages)}; {r['forwards']} forward / {r['backwards']} backward passes, {r['seconds']:.1f}s)")
+        _out(f"  {rep['norm']} eps={r['eps']:.4g}: robust accuracy {100 * r['robust_accuracy']:.2f}% "
+             f"({stages}; {r['forwards']} forward / {r['backwards']} backward passes, {r['seconds']:.1f} s)")
+        per_class = "  ".join(f"{c}: {'—' if v is None else f'{100 * v:.0f}%'}" for c, v in enumerate(r["per_class"]))
+        _out(f"    per class: {per_class}")
     _print_flags(rep["flags"])
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(rep, indent=2))
-        con.print(f"report: {json_out}")
+        _out(f"report: {json_out}")
 
 
 _FAMILIES = ("datasets", "models", "losses", "attacks", "objectives", "noise", "schedules")
@@ -317,7 +452,7 @@ def ls_(family: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(_
             hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
             raise UnknownNameError(f"unknown family {fam!r}.{hint} Available: {', '.join(_FAMILIES)}.")
         names = _family_names(fam, pattern)
-        _console().print(f"[bold]{fam}[/]: {', '.join(names)}")
+        _out(f"{fam}: {', '.join(names)}")
 
 
 def _family_names(fam: str, pattern: str) -> list[str]:
@@ -346,16 +481,16 @@ def _family_names(fam: str, pattern: str) -> list[str]:
 def runs(
     results: Optional[Path] = ResultsOpt,
     suite: Optional[str] = typer.Option(None, help="Only runs of this suite."),
-    status: Optional[str] = typer.Option(None, help="running | done | failed"),
+    status: Optional[str] = typer.Option(None, help="running | done | failed | corrupt"),
 ) -> None:
-    """List stored runs with their main metrics."""
+    """List stored runs with their main metrics (also from a read-only store)."""
     store = _store(results)
     recs = store.list(suite=suite, status=status)
     _print_table([r.to_dict() for r in recs], title=str(store.db_path))
-    failed = [r for r in recs if r.status != "done"]
-    for r in failed:
-        first = (r.error or "").splitlines()[0] if r.error else ""
-        _console().print(f"  {r.id[:10]} {r.status}: {r.name} {first}")
+    for r in recs:
+        if r.status != "done":
+            first = (r.error or "").splitlines()[0] if r.error else ""
+            _out(f"  {r.id[:10]} {r.status}: {r.name} {first}")
 
 
 @app.command()
@@ -369,7 +504,7 @@ def report(
     store = _store(results)
     rows = [r.to_dict() for r in store.list(suite=suite)]
     path = _write_report(store, rows, out, title, _notes_for(rows))
-    _console().print(f"report: {path.resolve()}")
+    _out(f"report: {path.resolve()}")
 
 
 labels_app = typer.Typer(help="Label-issue detection: which training labels are probably wrong.",
@@ -407,45 +542,70 @@ def labels_find_issues(
         ds = ds.with_labels(res.noisy_labels)
         noise_info = res.to_dict()
     issues = find_issues(ds, model=model, folds=folds, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
-    con = _console()
-    con.print(f"{ds.name} {split}: {len(issues)} of {len(ds)} labels flagged ({folds}-fold cross-fitting with {model}, cleanlab)")
+    _out(f"{ds.name} {split}: {len(issues)} of {len(ds)} labels flagged ({folds}-fold cross-fitting with {model}, cleanlab)")
     if noise_info is not None:
-        con.print(f"injected {noise_info['kind']} noise: {noise_info['num_flipped']} labels flipped "
+        _out(f"injected {noise_info['kind']} noise: {noise_info['num_flipped']} labels flipped "
                   f"(rate {noise_info['flip_rate']:.3f}); precision {issues.precision:.3f}, recall {issues.recall:.3f}")
     for i, sc in list(zip(issues.indices, issues.scores))[:top]:
-        con.print(f"  index {int(i):6d}  label {int(ds.y[i]):3d}  quality {float(sc):.4f}")
+        _out(f"  index {int(i):6d}  label {int(ds.y[i]):3d}  quality {float(sc):.4f}")
     if out is not None:
         payload = {**issues.to_dict(), "dataset": ds.name, "split": split, "noise": noise_info}
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(payload, indent=1))
-        con.print(f"issues: {out}")
+        _out(f"issues: {out}")
 
 
 def _parse_noise(text: str) -> tuple[str, float]:
     from robustlab.errors import ConfigError
 
-    kind, _, rate = text.partition(":")
+    kind, sep, rate = text.partition(":")
     try:
-        return kind, float(rate or 0)
+        if not sep or not kind or not rate.strip():
+            raise ValueError
+        value = float(rate)
     except ValueError:
-        raise ConfigError(f"--noise must look like KIND:RATE (e.g. symmetric:0.4), got {text!r}.") from None
+        raise ConfigError(
+            f"--noise must look like KIND:RATE (e.g. symmetric:0.4), got {text!r}; for clean labels leave it out."
+        ) from None
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"--noise rate must lie in [0, 1), got {value:g}.")
+    return kind, value
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: RobustlabError -> one clear line on stderr and exit code 2."""
-    try:
-        app(args=argv, standalone_mode=True)
-    except SystemExit as exc:
-        return int(exc.code or 0) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except RobustlabError as exc:
-        from rich.markup import escape
+    """Entry point: a RobustlabError is one clear line on stderr and exit code 2; usage
+    errors exit 2 with click's message; Ctrl-C says how to resume and exits 130."""
+    import click
 
-        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        _console(stderr=True).print("interrupted; rerun the same command to resume.")
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="robustlab", standalone_mode=False)
+    except click.exceptions.Abort:
+        _interrupted()
         return 130
-    return 0
+    except KeyboardInterrupt:
+        _interrupted()
+        return 130
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except RobustlabError as exc:
+        _error(str(exc))
+        return 2
+    except BrokenPipeError:  # `robustlab runs | head`
+        return 0
+    return int(rv) if isinstance(rv, int) else 0
+
+
+def _error(text: str) -> None:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    sys.stderr.write("error: " + " ".join(lines) + "\n")
+
+
+def _interrupted() -> None:
+    sys.stderr.write("\ninterrupted; rerun the same command to resume (finished runs and epochs are kept).\n")
 
 
 def _entry() -> None:  # pragma: no cover

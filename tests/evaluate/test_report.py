@@ -142,7 +142,7 @@ def test_evaluate_model_flags_non_monotone_specs():
     lin, data = make_data(60)
     specs = [
         EvaluationSpec("pgd", "linf", [0.05], {"steps": 10, "loss": "margin", "targets": 3}, audit=False),
-        EvaluationSpec("pgd", "linf", [0.1], {"steps": 1, "random_start": False, "step_size": 0.0}, audit=False),
+        EvaluationSpec("pgd", "linf", [0.1], {"steps": 1, "random_start": False, "step_size": 1e-9}, audit=False),
     ]
     metrics, _ = evaluate_model(lin, data, specs)
     assert metrics["robust"][0]["accuracy"] < metrics["robust"][1]["accuracy"]

@@ -47,7 +47,8 @@ def test_suite_expands_runs_and_grid():
     )
     cfgs = s.expand(["train.lr=0.01"])
     assert len(cfgs) == 4
-    assert {c.name for c in cfgs} == {"a[seed=0]", "a[seed=1]", "b[seed=0]", "b[seed=1]"}
+    # the override changes every run, so every name says so
+    assert {c.name for c in cfgs} == {f"{r}[seed={k}] [lr=0.01]" for r in "ab" for k in (0, 1)}
     assert all(c.train.lr == 0.01 and c.train.epochs == 2 for c in cfgs)
     assert len({c.hash() for c in cfgs}) == 4
 
@@ -89,3 +90,53 @@ def test_loss_presets_fill_params_and_explicit_params_win():
     assert cfg.train.loss.resolved_params() == {"alpha": 6.0, "beta": 0.5}
     with pytest.raises(UnknownNameError, match="cifar10"):
         make_config({"train": {"loss": {"name": "sce", "preset": "cifar11"}}}).train.loss.resolved_params()
+
+
+def test_train_config_is_derived_from_the_trainer_signature():
+    """Every keyword setting of Trainer is a train.* key with the Trainer's default, and
+    the train section has nothing else but the objective and loss by name."""
+    import inspect
+
+    from robustlab.experiments.config import TrainConfig
+    from robustlab.train import Trainer
+
+    runtime = {"self", "model", "objective", "seed", "checkpoint_dir", "progress", "callbacks"}
+    params = {n: p for n, p in inspect.signature(Trainer.__init__).parameters.items() if n not in runtime}
+    fields = TrainConfig.model_fields
+    assert set(fields) == set(params) | {"objective", "objective_params", "objective_preset", "loss"}
+    default_cfg = make_config({}).train
+    for name, p in params.items():
+        want = list(p.default) if isinstance(p.default, tuple) else p.default
+        assert getattr(default_cfg, name) == want, name
+    assert default_cfg.trainer_kwargs() == {n: getattr(default_cfg, n) for n in params}
+
+
+@pytest.mark.parametrize("bad", ["train.epochs=2.5", "train.epochs=true", "train.batch_size=0.5"])
+def test_integer_settings_refuse_fractions_and_booleans(bad):
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        make_config({}, [bad])
+
+
+def test_yaml_reads_exponents_without_a_dot_as_numbers(tmp_path):
+    from robustlab.experiments.config import load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  loss: {name: gce, params: {q: 7e-1}}\n  lr: 1e-2\n  weight_decay: 5E-4\n")
+    cfg = load_config(p, ["train.momentum=9e-1"])
+    assert cfg.train.loss.params["q"] == 0.7 and isinstance(cfg.train.loss.params["q"], float)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum) == (0.01, 5e-4, 0.9)
+
+
+def test_label_noise_needs_a_rate():
+    with pytest.raises(ConfigError, match="noise.rate is required"):
+        make_config({"noise": {"kind": "symmetric"}})
+    assert make_config({"noise": {"kind": "symmetric", "rate": 0.0}}).noise.rate == 0.0
+    assert make_config({"noise": {"kind": "matrix", "options": {"T": [[1, 0], [0, 1]]}}}).noise.rate is None
+
+
+def test_run_names_carry_the_overrides_that_change_them():
+    s = load_suite(packaged_config("bench"))
+    names = [c.label() for c in s.expand(["train.epochs=2", "train.batch_size=64", "seed=0"])]
+    assert names[0] == "ce/clean [epochs=2]"  # batch_size=64 and seed=0 are the suite's own values
+    assert len(set(names)) == len(names)
+    assert [c.label() for c in s.expand()][0] == "ce/clean"

@@ -91,9 +91,8 @@ def test_same_seed_same_metrics(tmp_path):
 )
 def test_bad_config_refused_before_anything_is_stored(tmp_path, override, error, match):
     store = ResultsStore(tmp_path)
-    cfg = make_config({}, TINY + [override])
-    with pytest.raises(error, match=match):
-        run_experiment(cfg, store, progress=False)
+    with pytest.raises(error, match=match):  # refused when the config is read, or before the run
+        run_experiment(make_config({}, TINY + [override]), store, progress=False)
     assert len(store) == 0
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from robustlab.errors import ConfigError
 from robustlab.registry import close_matches
@@ -370,6 +378,40 @@ def make_config(tree: Mapping[str, Any] | None = None, overrides: Iterable[str] 
         raise _explain(exc, ExperimentConfig) from None
 
 
+def _dotted_get(tree: Any, key: str) -> Any:
+    node = tree
+    for tok in _path_tokens(key):
+        if isinstance(tok, int):
+            if not isinstance(node, list) or tok >= len(node):
+                return None
+            node = node[tok]
+        else:
+            if not isinstance(node, dict) or tok not in node:
+                return None
+            node = node[tok]
+    return node
+
+
+def with_override_names(cfg: ExperimentConfig, tree: Mapping[str, Any], overrides: Iterable[str]) -> ExperimentConfig:
+    """``cfg`` named after its run plus the overrides that changed it: ``ce/clean [epochs=2]``
+    (so a shortened or altered run is never mistaken for the suite's own)."""
+    overrides = list(overrides)
+    if not overrides:
+        return cfg
+    plain = make_config(tree).to_dict()
+    changed = cfg.to_dict()
+    parts = []
+    for key, value in parse_overrides(overrides):
+        if key == "name" or _dotted_get(plain, key) == _dotted_get(changed, key):
+            continue
+        short = key.split(".")[-1]
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        parts.append(f"{short}={text}")
+    if not parts:
+        return cfg
+    return cfg.model_copy(update={"name": f"{cfg.label()} [{', '.join(parts)}]"})
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
@@ -416,7 +458,7 @@ class Suite(_Strict):
                 if keys and run.get("name"):
                     suffix = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
                     cfg = cfg.model_copy(update={"name": f"{run['name']}[{suffix}]"})
-                out.append(cfg)
+                out.append(with_override_names(cfg, tree, overrides))
         return out
 
 

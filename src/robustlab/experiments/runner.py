@@ -15,7 +15,7 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from torch import nn
 
 from robustlab import __version__
 from robustlab._atomic import atomic_path
-from robustlab.attacks import ThreatModel
 from robustlab.errors import ConfigError
 from robustlab.experiments.config import ExperimentConfig, Suite, config_hash
-from robustlab.experiments.store import ResultsStore, RunRecord
+from robustlab.experiments.store import ResultsStore, RunRecord, run_lock
+from robustlab.progress import log as progress_log
 
 log = logging.getLogger("robustlab.experiments")
 
@@ -91,8 +91,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Check every registry name and parameter of ``cfg`` before anything runs or is stored."""
     from robustlab import data, losses, models
     from robustlab import train as train_mod
-    from robustlab.attacks import attacks
-    from robustlab.registry import check_params
+    from robustlab.evaluate import Measurement
 
     data.datasets.get(cfg.data.name)
     models.models.get(cfg.model.name)
@@ -101,10 +100,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.noise is not None:
         data.noise.noise_models.get(cfg.noise.kind)
     for a in cfg.evaluate.attacks:
-        atk = attacks.get(a.name)
-        check_params(atk.__init__, a.params, what=f"attack {a.name!r}")
-        for e in a.eps:
-            ThreatModel(a.norm, e)
+        Measurement(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit).build()
     t = cfg.train
     if (t.select is not None or t.val_attack is not None) and cfg.data.val_fraction == 0:
         raise ConfigError(
@@ -151,22 +147,33 @@ def run_experiment(
 ) -> RunRecord:
     """Run one experiment and store it. Returns the stored record.
 
-    A config whose run is already ``done`` is not run again (unless ``force``). A run
-    that was interrupted (status ``running``/``failed``) resumes from the checkpoint in
-    its artifacts folder.
+    Everything that can be refused (names, parameters, the device, the data) is refused
+    before a row is stored. A config whose run is already ``done`` is not run again
+    (unless ``force``; the returned record then has ``reused=True``). A run that was
+    interrupted (status ``running``/``failed``) resumes from the checkpoint in its
+    artifacts folder. Two processes never run one config at the same time: the second
+    waits for the first and reuses its result.
     """
     from robustlab import models
     from robustlab import train as train_mod
-    from robustlab.evaluate import EvaluationSpec, evaluate_model
+    from robustlab.evaluate import Measurement, evaluate_model
 
     validate_config(cfg)
     run_id = cfg.hash()
-    art = store.root / "artifacts" / run_id
-    if force and (art / "train" / "last.pt").exists():
-        (art / "train" / "last.pt").unlink()
+    existing = store.get(run_id)
+    if existing is not None and existing.status == "done" and not force:
+        existing.reused = True
+        return existing
+    prepared = prepare_data(cfg)  # missing or bad data is refused before a row is stored
+
+    def fresh(art: Path) -> None:
+        if (art / "train" / "last.pt").exists():
+            (art / "train" / "last.pt").unlink()
 
     def work(art: Path) -> dict[str, Any]:
-        train_set, val_set, test_set, noise_info = prepare_data(cfg)
+        train_set, val_set, test_set, noise_info = prepared
+        progress_log.info("run %s: %s on %s, %d training points, %d epochs", cfg.label(), cfg.model.name,
+                          cfg.data.name, len(train_set), cfg.train.epochs)
         with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is restored
             torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
             model = models.for_dataset(cfg.model.name, train_set, **cfg.model.params)
@@ -176,9 +183,10 @@ def run_experiment(
         history = trainer.fit(train_set, val_set, test=test_set if cfg.evaluate.per_epoch_test else None)
         train_seconds = time.perf_counter() - t_train
         model = model.cpu()
-        models.save_model(model, art / "model.safetensors")
-        specs = [EvaluationSpec(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit) for a in cfg.evaluate.attacks]
-        metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size)
+        models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
+        specs = [Measurement(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit) for a in cfg.evaluate.attacks]
+        metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size,
+                                          threads=getattr(cfg.train, "threads", None), progress=progress)
         with atomic_path(art / "records.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **records)  # type: ignore[arg-type]
@@ -201,7 +209,32 @@ def run_experiment(
         )
         return metrics
 
-    return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force)
+    return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force, fresh=fresh)
+
+
+def training_summary(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a run trained on, in a few words a report can show beside its weights."""
+    noise = None
+    if cfg.noise is not None and (cfg.noise.rate or 0) > 0:
+        noise = {"kind": cfg.noise.kind, "rate": cfg.noise.rate}
+    return {
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "objective": cfg.train.objective,
+        "loss": cfg.train.loss.name,
+        "noise": noise,
+    }
+
+
+def provenance_metadata(run_id: str, cfg: ExperimentConfig) -> dict[str, str]:
+    """The strings a run's ``model.safetensors`` carries about where its weights came from."""
+    import json
+
+    return {
+        "robustlab_run_id": run_id,
+        "robustlab_run_name": cfg.label(),
+        "robustlab_training": json.dumps(training_summary(cfg), sort_keys=True),
+    }
 
 
 def test_curve_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -224,28 +257,45 @@ def execute_run(
     *,
     suite: str | None = None,
     force: bool = False,
+    fresh: Callable[[Path], None] | None = None,
 ) -> RunRecord:
     """Run ``work(artifact_dir) -> metrics`` as the stored run ``run_id``, transactionally.
 
-    A run already ``done`` is returned as it is (unless ``force``). Otherwise the run is
-    marked running, ``work`` computes its metrics, and they are written and the run marked
-    done in one transaction; any exception (an interrupt included) marks it failed with
-    the reason and is re-raised, so no row is ever left half-written as done.
+    A run already ``done`` is returned as it is (``reused=True``) unless ``force`` (then
+    ``fresh(artifact_dir)`` clears what a resume would read). One process runs a config at
+    a time (:func:`~robustlab.experiments.store.run_lock`): a second one waits, then reuses
+    the finished run. Otherwise the run is marked running, ``work`` computes its metrics,
+    and they are written and the run marked done in one transaction; any exception (an
+    interrupt included) marks it failed with the reason and is re-raised, so no row is ever
+    left half-written as done.
     """
     existing = store.get(run_id)
     if existing is not None and existing.status == "done" and not force:
-        log.info("run %s (%s) is already done; skipping", run_id[:10], name)
+        log.info("run %s (%s) is already done; reusing it", run_id[:10], name)
+        existing.reused = True
         return existing
-    art = store.artifact_dir(run_id)
-    store.start(run_id, name, config, suite=suite, versions=package_versions(), git_sha=git_sha())
-    t0 = time.perf_counter()
-    try:
-        metrics = work(art)
-        store.finish(run_id, _jsonable(metrics), time.perf_counter() - t0)
-    except BaseException as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-        store.fail(run_id, reason + "\n" + traceback.format_exc(limit=5))
-        raise
+    store._check_writable()
+    art = store.root / "artifacts" / run_id
+
+    def waiting() -> None:
+        progress_log.info("run %s (%s): another process is running this config; waiting for it", run_id[:10], name)
+
+    with run_lock(art, on_wait=waiting):
+        existing = store.get(run_id)
+        if existing is not None and existing.status == "done" and not force:
+            existing.reused = True
+            return existing
+        if force and fresh is not None:
+            fresh(art)
+        store.start(run_id, name, config, suite=suite, versions=package_versions(), git_sha=git_sha(), force=True)
+        t0 = time.perf_counter()
+        try:
+            metrics = work(art)
+            store.finish(run_id, _jsonable(metrics), time.perf_counter() - t0)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            store.fail(run_id, reason + "\n" + traceback.format_exc(limit=5))
+            raise
     record = store.get(run_id)
     assert record is not None
     return record
@@ -258,72 +308,110 @@ def evaluate_weights(
     data: str = "digits",
     split: str = "test",
     root: str | None = None,
+    measurements: Sequence[Any] | None = None,
     attack: str = "standard",
     norm: str = "linf",
     eps: Iterable[float | str] = (8 / 255,),
     subset: int | None = None,
     attack_params: dict[str, Any] | None = None,
+    audit: bool | str = True,
     batch_size: int | str = "auto",
     amp: bool = False,
-    audit: bool | str = True,
     device: str | None = None,
     factory: str | None = None,
     seed: int = 0,
+    threads: int | str | None = None,
+    progress: bool | None = None,
     force: bool = False,
 ) -> tuple[RunRecord, Any]:
-    """Evaluate saved weights under ``attack`` and store it as a run (suite ``evaluations``).
+    """Evaluate saved weights and store it as a run (suite ``evaluations``): the
+    evaluation path (:func:`robustlab.evaluate.evaluate`) on a dataset split.
 
-    The run is keyed by the sha256 of the weights file and the evaluation's settings, so
-    re-evaluating the same weights the same way is a no-op that returns the stored run
-    (the second item is then ``None``; otherwise the :class:`AttackReport`). Metrics hold
-    ``clean_accuracy``, ``robust`` rows (as in training runs: attack, norm, eps, accuracy,
-    ``per_attack``, ``flags``) and the full report under ``attack_report``.
+    ``measurements`` (a list of :class:`robustlab.evaluate.Measurement`) or one attack
+    given by ``attack``, ``norm``, ``eps``, ``attack_params``, ``subset`` and ``audit``.
+    The run is keyed by the sha256 of the weights' *tensors* (not the file's bytes) and
+    the evaluation's settings, so re-evaluating the same weights the same way is a no-op
+    that returns the stored run (the second item is then ``None``, otherwise the
+    :class:`~robustlab.evaluate.Evaluation`). Everything is checked — names, parameters,
+    eps, subset, device, the data — before a row is stored. Metrics are those of every
+    evaluation (``clean_accuracy``, ``robust`` rows, ...) plus the full report of each
+    measurement (``reports``; the first also as ``attack_report``) and ``provenance``:
+    the weights' sha256 and, for weights a robustlab run wrote, that run's id, name and
+    what it trained on.
     """
     from robustlab import data as data_mod
-    from robustlab.attacks import parse_eps
-    from robustlab.evaluate import attack_report
-    from robustlab.models import file_sha256, load_model
+    from robustlab.evaluate import Measurement, evaluate
+    from robustlab.models import load_model, weights_sha256
+    from robustlab.validation import check_device, check_subset, default_device
 
-    eps_list = [parse_eps(e) for e in eps]
-    params = dict(attack_params or {})
+    if measurements is None:
+        measurements = [Measurement(attack, norm, list(eps), dict(attack_params or {}), subset, audit)]
+    measurements = list(measurements)
+    for m in measurements:
+        m.build()  # refuses bad names, parameters, eps, subsets, audit modes
+        check_subset(m.subset)
+    dev = check_device(device or default_device())
+    if batch_size != "auto":
+        from robustlab.validation import check_int
+
+        check_int(batch_size, "batch_size", minimum=1)
     net = load_model(weights, factory=factory)
+    ds = data_mod.load(data, split, root=root, seed=seed)
+    sha = weights_sha256(net)
     model_cfg = getattr(net, "robustlab_config", None) or {"name": factory or "user"}
+    specs = [_measurement_dict(m) for m in measurements]
     config = {
         "kind": "evaluation",
         "seed": seed,
         "data": {"name": data, "split": split, "root": root},
-        "model": {**model_cfg, "weights_sha256": file_sha256(weights)},
-        "evaluate": {"attack": attack, "norm": norm, "eps": eps_list, "params": params, "subset": subset,
-                     "amp": amp, "audit": audit},
+        "model": {**model_cfg, "weights_sha256": sha},
+        "evaluate": {"measurements": specs, "amp": amp, "batch_size": batch_size},
     }
-    name = f"{Path(weights).name} {attack} {norm} on {data}/{split}"
-    rep_box: list[Any] = []
+    what = ", ".join(f"{s['attack']} {s['norm']}" for s in specs)
+    name = f"{Path(weights).name}: {what} on {data}/{split}"
+    box: list[Any] = []
 
     def work(art: Path) -> dict[str, Any]:
-        ds = data_mod.load(data, split, root=root, seed=seed)
-        x, y = (ds.x, ds.y) if subset is None else (ds.x[:subset], ds.y[:subset])
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        rep = attack_report(net.to(dev), x, y, eps_list, attack, norm=norm, batch_size=batch_size,
-                            seed=seed, amp=amp, audit=audit, **params)
-        rep_box.append(rep)
-        flags = rep.flag_strings()
-        rows = [
-            {"attack": attack, "norm": norm, "eps": r.eps, "accuracy": r.robust_accuracy,
-             "num_points": rep.num_points, "per_attack": dict(r.per_attack), "flags": flags,
-             "forwards": r.forwards, "backwards": r.backwards, "protocol": rep.protocol}
-            for r in rep.results
-        ]
+        ev = evaluate(net.to(dev), ds.x, ds.y, measurements, seed=seed, batch_size=batch_size, amp=amp,
+                      threads=threads, num_classes=ds.num_classes, progress=progress)
+        box.append(ev)
+        reports = [r.to_dict() for r in ev.reports]
         return {
-            "clean_accuracy": rep.clean_accuracy,
-            "per_class_accuracy": rep.clean_per_class,
-            "num_test": rep.num_points,
-            "robust": rows,
-            "attack_report": rep.to_dict(),
-            "data": {"test": ds.description, "num_test": rep.num_points},
+            **ev.metrics(),
+            "reports": reports,
+            "attack_report": reports[0] if reports else None,
+            "provenance": weights_provenance(net, sha),
+            "data": {"test": ds.description, "num_test": len(ds)},
         }
 
     record = execute_run(store, config_hash(config), name, config, work, suite="evaluations", force=force)
-    return record, (rep_box[0] if rep_box else None)
+    return record, (box[0] if box else None)
+
+
+def _measurement_dict(m: Any) -> dict[str, Any]:
+    name, atk, threats = m.build()
+    return {"attack": name, "norm": threats[0].norm, "eps": [t.eps for t in threats],
+            "params": _jsonable(dict(m.params)), "subset": m.subset, "audit": m.audit}
+
+
+def weights_provenance(net: Any, sha: str) -> dict[str, Any]:
+    """Where evaluated weights came from: their sha256 and, when a robustlab run wrote
+    them, that run's id, name and what it trained on (None for weights of unknown origin)."""
+    import json
+
+    meta = getattr(net, "robustlab_metadata", None) or {}
+    training = None
+    if meta.get("robustlab_training"):
+        try:
+            training = json.loads(meta["robustlab_training"])
+        except ValueError:
+            training = None
+    return {
+        "weights_sha256": sha,
+        "run_id": meta.get("robustlab_run_id"),
+        "run_name": meta.get("robustlab_run_name"),
+        "training": training,
+    }
 
 
 def _jsonable(obj: Any) -> Any:

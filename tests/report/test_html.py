@@ -57,14 +57,20 @@ def test_flags_are_shown_before_the_results(html):
     i = html.index(FLAG_TEXT)
     assert i < html.index("<table") and i < html.index("<svg")
     assert "1 evaluation flagged" in html
-    assert "standard linf eps=8/255" in html[:i]
+    assert "standard linf eps=8/255 (n=100)" in html[:i]
     # the failed run is announced at the top too, with the first line of its error
     assert html.index("RuntimeError: out of memory") < html.index("<table")
 
 
 def test_per_attack_breakdown(html):
     section = html[html.index('id="per-attack"'):]
-    assert re.search(r"apgd-ce: 47\.0</span> &rarr; <span[^>]*>apgd-t: 43\.0</span> &rarr; <span[^>]*>square: 41\.0", section)
+    assert re.search(r"apgd-ce: 47\.0</span> &rarr; <span[^>]*>apgd-t: 43\.0</span> &rarr; "
+                     r"<span[^>]*>fab-t: 43\.0</span> &rarr; <span[^>]*>square: 41\.0", section)
+    # the clean accuracy on the 100 attacked points, not the run's clean accuracy on all 360
+    row_html = re.search(r"<tr><td>[^<]*</td><td>standard</td>.*?</tr>", section, flags=re.S).group(0)
+    assert '<td class="num">100</td><td class="num">90.0</td>' in row_html
+    # single attacks have no breakdown: a header and one row
+    assert section[:section.index("</table>")].count("<tr>") == 2
 
 
 def test_history_plot_shows_new_keys_without_code_changes(html):
@@ -102,11 +108,9 @@ def test_placeholders_when_plots_cannot_be_drawn():
 
 
 def test_unaudited_evaluations_are_not_reported_as_clean():
-    text = render_report([row(0, "mlp", 0.0)], title="t")
-    assert "carry no audit" in text and "Audit flags" not in text
+    text = render_report([row(0, "mlp", 0.0, legacy=True)], title="t")
+    assert "carry no audit" in text and "flagged" not in text
     audited = row(1, "mlp", 0.0)
-    for ev in audited["metrics"]["robust"]:
-        ev["flags"] = []
     text = render_report([audited], title="t")
     assert "Audit: no flags (3 audited evaluations)" in text
 
@@ -119,8 +123,8 @@ def test_rendering_is_deterministic_apart_from_the_timestamp():
 def test_dollar_signs_and_underscores_in_names_stay_literal():
     rows = [row(0, "mlp", 0.0, name="$x$ cost"), row(1, "mlp", 0.2, name="_hidden")]
     svg = _svgs(render_report(rows, title="t"))[1]  # robust plot legend
-    assert ">$x$ cost (pgd)</text>" in svg
-    assert "_hidden (pgd)</text>" in svg
+    assert ">$x$ cost \u00b7 pgd (n=360)</text>" in svg
+    assert "_hidden \u00b7 pgd (n=360)</text>" in svg
 
 
 def test_runs_of_one_loss_with_different_parameters_are_separate_noise_groups():

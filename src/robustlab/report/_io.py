@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from robustlab._atomic import atomic_path
-from robustlab.errors import ReportError
+from robustlab.errors import ReportError, WriteError
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -23,6 +23,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         with atomic_path(target) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
+    except WriteError as exc:  # already names the file, the reason and what to do
+        raise ReportError(str(exc)) from exc
     except OSError as exc:
         raise ReportError(
             f"cannot write {target}: {exc.strerror or exc}. Choose a writable location (e.g. --out)."

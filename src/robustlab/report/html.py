@@ -1,10 +1,19 @@
 """The offline HTML report: one self-contained file (inline CSS and SVG, no scripts, no
 external resources), rendered from ``templates/report.html`` with Jinja2 autoescaping.
 
-Sections, top to bottom: the audit flags of every robust evaluation (and failed
-runs), the notes (data provenance, protocol), the results table, (a) accuracy vs
-label-noise rate, (b) robust accuracy vs eps, (c) training curves, (e) the per-attack
-breakdown of ensemble evaluations, and the stored config of every run.
+Top to bottom: the flags (training flags and the audit flags of every robust
+evaluation) and unfinished runs, the notes (data provenance, protocol), then one section
+per suite (one section when all runs share a suite) with its results table, (a)
+accuracy vs label-noise rate, (b) robust accuracy vs eps, (c) training curves and (e)
+the per-attack breakdown of ensemble evaluations (in the order the stages ran); last,
+the stored config of every run. A suite of evaluations of saved weights gets only the
+table, the robust plot and the breakdown, and each of its runs is labelled by where its
+weights came from.
+
+The results table is described in :mod:`robustlab.report.view`: key columns (name,
+clean and robust accuracy, each robust column with its attack, eps and n) first, the
+columns that are the same for every run in a caption line above it, letters that mark
+results measured on different points, and the best-epoch test accuracy marked optimistic.
 """
 
 from __future__ import annotations
@@ -18,13 +27,11 @@ from typing import Any
 from robustlab.report._io import utc_now, write_text_atomic
 from robustlab.report.table import (
     Run,
-    columns_of,
     eps_text,
     format_value,
-    is_percent_column,
     normalize_rows,
-    table_row,
 )
+from robustlab.report.view import MIXED, TableView, suite_groups, table_view
 
 TEMPLATE = "report.html"
 
@@ -45,8 +52,14 @@ def _first_line(text: str | None) -> str:
 
 
 def _audit(runs: Sequence[Run]) -> dict[str, Any]:
-    """Flagged evaluations, and whether any evaluation carried an audit at all."""
-    flagged, audited, evaluations = [], 0, 0
+    """Training flags and flagged evaluations (training flags first), and whether any
+    evaluation carried an audit at all."""
+    flagged: list[dict[str, Any]] = []
+    audited = evaluations = 0
+    for r in runs:
+        if r.training_flags:
+            flagged.append({"run": r.label, "id": r.id[:10], "what": "training", "flags": r.training_flags})
+    training = len(flagged)
     for r in runs:
         for ev in r.robust:
             evaluations += 1
@@ -54,16 +67,19 @@ def _audit(runs: Sequence[Run]) -> dict[str, Any]:
                 continue
             audited += 1
             if ev.flags:
-                flagged.append({"run": r.label, "id": r.id[:10], "evaluation": ev.column, "flags": ev.flags})
-    return {"flagged": flagged, "audited": audited, "evaluations": evaluations}
+                flagged.append({"run": r.label, "id": r.id[:10], "what": ev.column, "flags": ev.flags})
+    return {"flagged": flagged, "training": training, "evaluations_flagged": len(flagged) - training,
+            "audited": audited, "evaluations": evaluations}
 
 
 def _per_attack(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Rows of the per-attack breakdown: ensembles (two or more stages) only."""
     out = []
     for r in runs:
         for ev in r.robust:
-            if not ev.per_attack:
+            if not ev.per_attack or (len(ev.per_attack) < 2 and ev.per_attack.keys() <= {ev.attack}):
                 continue
+            clean = ev.clean_on_points if ev.clean_on_points is not None else r.clean_accuracy
             out.append(
                 {
                     "run": r.label,
@@ -71,8 +87,9 @@ def _per_attack(runs: Sequence[Run]) -> list[dict[str, Any]]:
                     "norm": ev.norm,
                     "eps": eps_text(ev.eps),
                     "num_points": "\u2014" if ev.num_points is None else str(ev.num_points),
-                    "clean": format_value("accuracy", r.clean_accuracy),
+                    "clean": format_value("accuracy", clean),
                     "stages": [(k, format_value("accuracy", v)) for k, v in ev.per_attack.items()],
+                    "order_known": ev.stage_order_known,
                     "final": format_value("accuracy", ev.accuracy),
                 }
             )
@@ -106,6 +123,7 @@ def _details(r: Run) -> dict[str, Any]:
         "created_at": row.get("created_at"),
         "finished_at": row.get("finished_at"),
         "suite": row.get("suite"),
+        "weights": r.weights,
         "error": (r.error or "").strip(),
         "config": json.dumps(row.get("config"), indent=2, sort_keys=True, default=str),
         "data": json.dumps((row.get("metrics") or {}).get("data"), indent=2, sort_keys=True, default=str)
@@ -114,42 +132,94 @@ def _details(r: Run) -> dict[str, Any]:
     }
 
 
+def _header_html(lines: Sequence[str]) -> Any:
+    from markupsafe import Markup, escape
+
+    return Markup("<br>").join(escape(line.replace("eps=", "\u03b5=")) for line in lines)
+
+
+def _table(view: TableView) -> dict[str, Any]:
+    """The template's data for one results table."""
+    columns = [
+        {"id": c.id, "header": _header_html(c.lines), "title": c.title, "key": c.key, "numeric": c.numeric,
+         "mark": c.mark, "note": c.note, "name": c.id == "name"}
+        for c in view.columns
+    ]
+    rows = []
+    for rv in view.rows:
+        cells = []
+        for c in view.columns:
+            cell = rv.cells[c.id]
+            cells.append({"text": cell.text, "mark": cell.mark, "numeric": c.numeric, "key": c.key,
+                          "name": c.id == "name",
+                          "sub": rv.run.weights if c.id == "name" and rv.run.is_evaluation else None})
+        rows.append({"status": rv.run.status, "cells": cells})
+    return {
+        "columns": columns,
+        "rows": rows,
+        "constants": view.constants,
+        "point_note": view.point_note,
+        "footnotes": view.footnotes,
+        "mixed": MIXED,
+    }
+
+
+_FIGURES = (
+    ("noise", "Accuracy vs label-noise rate",
+     "Clean test accuracy of each (model, objective, loss, noise kind) group against the rate of "
+     "label noise in the training labels; a line joins the mean at each rate, small dots are runs. "
+     "Evaluations of saved weights are not drawn here."),
+    ("robust", "Robust accuracy vs eps",
+     "Robust accuracy against the perturbation budget, one panel per norm and one line per run, "
+     "attack and number of attacked points n (each with its own colour, line style and marker); "
+     "eps = 0 is the clean accuracy on the same points."),
+    ("history", "Training curves",
+     "Every per-epoch metric a run recorded (one panel per metric, one line per run, named in the "
+     "legend); accuracies in %. test_accuracy is watched per epoch, never used for decisions."),
+)
+
+
+def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> dict[str, Any]:
+    from markupsafe import Markup
+
+    from robustlab.report import plots
+
+    fns = {"noise": plots.noise_plot, "robust": plots.robust_plot, "history": plots.history_plot}
+    evaluations_only = all(r.is_evaluation for r in members)
+    suffix = f"-{index + 1}" if multi else ""
+    figures = []
+    for key, heading, caption in _FIGURES:
+        if evaluations_only and key != "robust":
+            continue
+        svg, reason = fns[key](members, prefix=f"fig{suffix}-{key}")
+        figures.append({"key": key, "id": f"plot-{key}{suffix}", "heading": heading, "caption": caption,
+                        "svg": Markup(svg) if svg else None,  # matplotlib escapes all text it writes
+                        "reason": reason})
+    if suite is None:
+        heading = "Runs without a suite"
+    elif evaluations_only:
+        heading = f"Suite {suite}: evaluations of saved weights"
+    else:
+        heading = f"Suite {suite}"
+    return {
+        "id": f"suite{suffix}" if multi else "",
+        "results_id": f"results{suffix}",
+        "per_attack_id": f"per-attack{suffix}",
+        "heading": heading,
+        "num_runs": len(members),
+        "table": _table(table_view(members, suite=suite)),
+        "figures": figures,
+        "per_attack": _per_attack(members),
+    }
+
+
 def render_report(rows: Sequence[Any], *, title: str = "robustlab report", notes: Iterable[str] = ()) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     from robustlab import __version__
-    from robustlab.report import plots
 
     runs = normalize_rows(rows)
-    cols = columns_of(runs)
-    table = []
-    for r in runs:
-        flat = table_row(r, cols)
-        cells = [
-            {"text": format_value(c, flat[c]), "num": c not in ("id", "name", "status", "dataset", "model",
-                                                                  "objective", "loss", "noise kind")}
-            for c in cols
-        ]
-        table.append({"status": r.status, "cells": cells})
-    figures = []
-    for key, heading, caption, fn in (
-        ("noise", "Accuracy vs label-noise rate",
-         "Clean test accuracy of each (model, objective, loss, noise kind) group against the rate of "
-         "label noise in the training labels; a line joins the mean at each rate, markers are runs.",
-         plots.noise_plot),
-        ("robust", "Robust accuracy vs eps",
-         "Robust test accuracy against the perturbation budget, one panel per norm and one line per run "
-         "and attack; eps = 0 is the run's clean accuracy.",
-         plots.robust_plot),
-        ("history", "Training curves",
-         "Every per-epoch metric a run recorded (one panel per metric, one line per run); accuracies in %.",
-         plots.history_plot),
-    ):
-        svg, reason = fn(runs, prefix=f"fig-{key}")
-        figures.append({"key": key, "heading": heading, "caption": caption, "svg": svg, "reason": reason})
-    from markupsafe import Markup
-
-    for f in figures:
-        f["svg"] = Markup(f["svg"]) if f["svg"] else None  # matplotlib escapes all text it writes
+    groups = suite_groups(runs)
+    multi = len(groups) > 1
     status_counts: dict[str, int] = {}
     for r in runs:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1
@@ -164,10 +234,8 @@ def render_report(rows: Sequence[Any], *, title: str = "robustlab report", notes
                 for r in runs if r.status != "done"],
         notes=[str(n) for n in notes if str(n).strip()],
         provenance=_provenance(runs),
-        columns=[{"name": c, "percent": is_percent_column(c)} for c in cols],
-        table=table,
-        figures=figures,
-        per_attack=_per_attack(runs),
+        multi=multi,
+        sections=[_section(i, suite, members, multi) for i, (suite, members) in enumerate(groups)],
         details=[_details(r) for r in runs],
     )
 

@@ -25,17 +25,59 @@ from robustlab.report.table import Run
 HISTORY_SKIP: frozenset[str] = frozenset({"epoch", "lr", "seconds", "samples_per_s"})
 """Per-epoch keys that are bookkeeping, not training curves."""
 
-_COLORS = (
+PALETTE: tuple[str, ...] = (
+    # matplotlib's tab10, then darker and lighter companions of its hues (tab20b/tab20c/tab20)
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173",
+    "#637939", "#3182bd", "#d6616b", "#8c6d31", "#636363",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#c7c7c7",
 )
-_STYLES = ("-", "--", ":", "-.")
+"""Series colours in order; past the palette, colours are spread around the hue circle."""
+
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2, 2, 2)))
 _SVG_META = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
+def _extra_color(i: int, used: set[str]) -> str:
+    """A colour for series ``i`` past the palette: golden-ratio hue steps, two lightness
+    levels, never one already used."""
+    import colorsys
+
+    k = i
+    while True:
+        h = (k * 0.6180339887498949) % 1.0
+        light = 0.38 if (k // 7) % 2 == 0 else 0.55
+        r, g, b = colorsys.hls_to_rgb(h, light, 0.75)
+        c = "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in (r, g, b)))
+        if c not in used:
+            return c
+        k += 1_000_003
+
+
+def series_styles(n: int) -> list[dict[str, Any]]:
+    """Matplotlib styles (``color``, ``linestyle``, ``marker``) of ``n`` series of one plot.
+
+    Every series gets a colour of its own (no two of the ``n`` are equal), and a
+    (line style, marker) pair of its own for the first ``len(MARKERS) * len(LINESTYLES)``
+    (72) series, so lines stay apart in grey-scale print and for colour-blind readers too.
+    """
+    used: set[str] = set()
+    out = []
+    for i in range(n):
+        color = PALETTE[i] if i < len(PALETTE) else _extra_color(i, used)
+        used.add(color)
+        m = i % len(MARKERS)
+        ls = (m + (i // len(MARKERS))) % len(LINESTYLES)
+        out.append({"color": color, "linestyle": LINESTYLES[ls], "marker": MARKERS[m]})
+    return out
+
+
 def run_style(i: int) -> dict[str, Any]:
-    """Colour and line style of the i-th run (the same in every plot)."""
-    return {"color": _COLORS[i % len(_COLORS)], "linestyle": _STYLES[(i // len(_COLORS)) % len(_STYLES)]}
+    """The style of the i-th series (see :func:`series_styles`)."""
+    return series_styles(i + 1)[i]
 
 
 def mpl_text(s: str) -> str:
@@ -103,7 +145,7 @@ def noise_groups(runs: Sequence[Run]) -> tuple[dict[tuple[Any, ...], list[Run]],
     the groups and whether the x-axis is the *actual* flip rate (True when every run
     stores it) or the nominal rate.
     """
-    done = [r for r in runs if r.status == "done" and _finite(r.clean_accuracy)]
+    done = [r for r in runs if r.status == "done" and _finite(r.clean_accuracy) and not r.is_evaluation]
     base = lambda r: (r.dataset, r.model, r.objective, r.loss)  # noqa: E731
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for r in done:
@@ -142,12 +184,12 @@ def noise_plot(runs: Sequence[Run], prefix: str = "fig-noise") -> tuple[str | No
     fig = _figure(1, width=7.5, panel_height=3.6, legend_rows=_legend_rows(labels))
     ax = fig.add_subplot()
     handles = []
-    for i, members in enumerate(groups.values()):
+    styles = series_styles(len(groups))
+    for style, members in zip(styles, groups.values()):
         pts = sorted((_noise_x(r, actual), 100.0 * float(r.clean_accuracy)) for r in members)  # type: ignore[arg-type]
         xs = sorted({x for x, _ in pts})
         means = [sum(y for x, y in pts if x == u) / sum(1 for x, _ in pts if x == u) for u in xs]
-        style = run_style(i)
-        (line,) = ax.plot([100 * x for x in xs], means, marker="o", markersize=4, **style)
+        (line,) = ax.plot([100 * x for x in xs], means, markersize=5, **style)
         ax.scatter([100 * x for x, _ in pts], [y for _, y in pts], s=10, color=style["color"], alpha=0.6)
         handles.append(line)
     ax.set_xlabel("actual label-noise rate (% of training labels flipped)" if actual else "nominal label-noise rate (%)")
@@ -158,48 +200,56 @@ def noise_plot(runs: Sequence[Run], prefix: str = "fig-noise") -> tuple[str | No
 
 
 # -- (b) robust accuracy vs eps ----------------------------------------------------------------
-def robust_plot(runs: Sequence[Run], prefix: str = "fig-robust") -> tuple[str | None, str]:
-    """(b) Robust accuracy against eps: one panel per norm, one line per run and attack;
-    the eps = 0 point is the run's clean accuracy."""
-    order = [r for r in runs if r.status == "done" and r.robust]
-    norms: list[str] = []
-    for r in order:
+def robust_series(runs: Sequence[Run]) -> list[tuple[str, str, list[tuple[float, float]]]]:
+    """(norm, legend label, points) of every line of the robust plot: one per run, attack
+    and number of attacked points, in run order. Points are (eps, robust accuracy %);
+    the eps = 0 point is the clean accuracy on the same points when the row stores it
+    (``per_attack["clean"]``), else the run's clean accuracy."""
+    out: list[tuple[str, str, list[tuple[float, float]]]] = []
+    for r in runs:
+        if r.status != "done":
+            continue
+        lines: dict[tuple[str, str, int | None], list[tuple[float, float]]] = {}
+        clean0: dict[tuple[str, str, int | None], float] = {}
         for ev in r.robust:
-            if ev.norm not in norms:
-                norms.append(ev.norm)
+            if not _finite(ev.accuracy):
+                continue
+            key = (ev.norm, ev.attack, ev.num_points)
+            lines.setdefault(key, []).append((ev.eps, 100.0 * float(ev.accuracy)))  # type: ignore[arg-type]
+            c = ev.clean_on_points if _finite(ev.clean_on_points) else r.clean_accuracy
+            if _finite(c):
+                clean0.setdefault(key, 100.0 * float(c))  # type: ignore[arg-type]
+        for (norm, attack, n), pts in lines.items():
+            if (norm, attack, n) in clean0 and all(x != 0.0 for x, _ in pts):
+                pts = [(0.0, clean0[(norm, attack, n)]), *pts]
+            label = f"{r.label} \u00b7 {attack}" + (f" (n={n})" if n is not None else "")
+            out.append((norm, label, sorted(pts)))
+    return out
+
+
+def robust_plot(runs: Sequence[Run], prefix: str = "fig-robust") -> tuple[str | None, str]:
+    """(b) Robust accuracy against eps: one panel per norm, one line per run, attack and
+    number of attacked points, each with a colour, line style and marker of its own."""
+    series = robust_series(runs)
+    norms = list(dict.fromkeys(norm for norm, _, _ in series))
     if not norms:
         return None, (
             "No robust evaluations were recorded; list attacks under evaluate.attacks in the config "
             "(e.g. pgd linf eps: [0.05, 0.1])."
         )
-    index = {id(r): i for i, r in enumerate(runs)}
-    lines: list[tuple[str, Run, str, list[tuple[float, float]]]] = []
-    for r in order:
-        attacks: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for ev in r.robust:
-            if _finite(ev.accuracy):
-                attacks.setdefault((ev.norm, ev.attack), []).append((ev.eps, 100.0 * float(ev.accuracy)))  # type: ignore[arg-type]
-        several = len({a for _, a in attacks}) > 1
-        for (norm, attack), pts in attacks.items():
-            if _finite(r.clean_accuracy):
-                pts = [(0.0, 100.0 * float(r.clean_accuracy)), *pts]  # type: ignore[arg-type]
-            label = f"{r.label} \u00b7 {attack}" if several else f"{r.label} ({attack})"
-            lines.append((norm, r, label, sorted(pts)))
     ncols = min(len(norms), 3)
     nrows = math.ceil(len(norms) / ncols)
-    labels_all = list(dict.fromkeys(label for _, _, label, _ in lines))
+    labels_all = [label for _, label, _ in series]
     fig = _figure(nrows, panel_height=3.2 if ncols > 1 else 3.6,
                   width=9.0 if ncols > 1 else 7.5, legend_rows=_legend_rows(labels_all))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    handles: dict[str, Any] = {}
+    handles: list[Any] = []
+    for (norm, _label, pts), style in zip(series, series_styles(len(series))):
+        ax = axes[norms.index(norm) // ncols][norms.index(norm) % ncols]
+        (h,) = ax.plot([x for x, _ in pts], [y for _, y in pts], markersize=4.5, linewidth=1.4, **style)
+        handles.append(h)
     for j, norm in enumerate(norms):
         ax = axes[j // ncols][j % ncols]
-        for n, r, label, pts in lines:
-            if n != norm:
-                continue
-            style = run_style(index[id(r)])
-            (h,) = ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", markersize=3.5, **style)
-            handles.setdefault(label, h)
         ax.set_title(f"{norm}", fontsize="medium")
         ax.set_xlabel(f"eps ({norm})")
         ax.set_ylabel("robust accuracy (%)")
@@ -207,7 +257,7 @@ def robust_plot(runs: Sequence[Run], prefix: str = "fig-robust") -> tuple[str | 
         ax.grid(alpha=0.3)
     for j in range(len(norms), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    _legend(fig, list(handles.values()), [mpl_text(s) for s in handles])
+    _legend(fig, handles, [mpl_text(s) for s in labels_all])
     return to_svg(fig, prefix), ""
 
 
@@ -232,7 +282,8 @@ def history_keys(runs: Sequence[Run]) -> list[str]:
 def history_plot(runs: Sequence[Run], prefix: str = "fig-history") -> tuple[str | None, str]:
     """(c) Training curves: one small panel per per-epoch metric (every numeric key of
     ``metrics["history"]`` except epoch, lr, seconds, samples_per_s), one line per run,
-    so new per-epoch metrics appear without code changes. Accuracy keys are in percent."""
+    so new per-epoch metrics appear without code changes. Accuracy keys are in percent.
+    Every run has a colour, line style and marker of its own, named in the legend."""
     keys = history_keys(runs)
     if not keys:
         return None, "No per-epoch training history was recorded for these runs."
@@ -250,10 +301,11 @@ def history_plot(runs: Sequence[Run], prefix: str = "fig-history") -> tuple[str 
     fig = _figure(nrows, panel_height=2.4, legend_rows=_legend_rows(labels_all))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     handles: dict[str, Any] = {}
+    styles = series_styles(len(with_hist))
     for j, key in enumerate(keys):
         ax = axes[j // ncols][j % ncols]
         scale = 100.0 if "accuracy" in key else 1.0
-        for i, r in with_hist:
+        for (_, r), style in zip(with_hist, styles):
             xs, ys = [], []
             for t, h in enumerate(r.history):
                 v = h.get(key)
@@ -264,8 +316,7 @@ def history_plot(runs: Sequence[Run], prefix: str = "fig-history") -> tuple[str 
                 ys.append(scale * float(v))
             if not xs:
                 continue
-            (h_,) = ax.plot(xs, ys, marker="o" if len(xs) == 1 else None, markersize=3, linewidth=1.2,
-                            **run_style(i))
+            (h_,) = ax.plot(xs, ys, markersize=3.5, linewidth=1.2, markevery=max(1, len(xs) // 8), **style)
             handles.setdefault(r.label, h_)
         ax.set_title(mpl_text(key + (" (%)" if scale != 1.0 else "")), fontsize="medium")
         ax.set_xlabel("epoch", fontsize="small")

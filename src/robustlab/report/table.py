@@ -11,10 +11,16 @@ Columns, in order (see :func:`results_table`):
 ``objective``, ``loss``, ``noise kind``, ``noise rate`` (nominal, from the config),
 ``flip_rate`` (actual share of flipped training labels, ``metrics["noise"]["flip_rate"]``),
 ``clean_accuracy``, ``ece``, one column per robust evaluation named
-``"<attack> <norm> eps=<eps>"`` (e.g. ``"pgd linf eps=0.1"``; an eps that is a whole
-number of 255ths, such as 8/255, is written as the fraction), then the optional
+``"<attack> <norm> eps=<eps> (n=<points>)"`` (e.g. ``"pgd linf eps=0.1 (n=360)"``; an eps
+that is a whole number of 255ths, such as 8/255, is written as the fraction; ``(n=...)``
+is left out when the stored row does not say how many points were attacked), then the
+optional ``weights`` (provenance of evaluated weights, when some run is an evaluation),
 ``best_epoch``, ``best_val_accuracy``, ``test_accuracy_best``, ``test_accuracy_last``
 (only when some run stores them), ``train_seconds`` and ``seconds`` (wall time of the run).
+
+Robust results are rows of ``metrics["robust"]`` (one per measurement and eps). Keys
+added over time (``num_total``, ``point_set``, ``subset``, ``stages``, ``protocol``,
+``kind``) may be missing in older stores; everything here tolerates their absence.
 """
 
 from __future__ import annotations
@@ -86,9 +92,11 @@ def eps_text(eps: float) -> str:
     return full
 
 
-def robust_column(attack: str, norm: str, eps: float) -> str:
-    """The table column of one robust evaluation, e.g. ``"pgd linf eps=0.1"``."""
-    return f"{attack} {norm} eps={eps_text(eps)}"
+def robust_column(attack: str, norm: str, eps: float, n: int | None = None) -> str:
+    """The table column of one robust evaluation, e.g. ``"pgd linf eps=0.1 (n=360)"``
+    (``n``: the number of points attacked; without it the ``(n=...)`` part is left out)."""
+    base = f"{attack} {norm} eps={eps_text(eps)}"
+    return base if n is None else f"{base} (n={n})"
 
 
 def _as_flags(v: Any) -> list[str]:
@@ -107,7 +115,14 @@ def _as_flags(v: Any) -> list[str]:
 # -- normalised runs ----------------------------------------------------------------------
 @dataclass
 class RobustEval:
-    """One robust evaluation of one run (a row of ``metrics["robust"]``)."""
+    """One robust evaluation of one run (a row of ``metrics["robust"]``).
+
+    ``per_attack`` holds only the stages (no ``"clean"`` entry), in the order they ran
+    when the row stores ``stages``; ``stage_order_known`` says whether it did (older
+    stores kept ``per_attack`` alphabetical). ``clean_on_points`` is the clean accuracy
+    on the attacked points (``per_attack["clean"]``), which differs from the run's clean
+    accuracy when only a subset was attacked.
+    """
 
     attack: str
     norm: str
@@ -117,6 +132,18 @@ class RobustEval:
     flags: list[str] | None  # None: the evaluation carries no audit at all
     per_attack: dict[str, float | None] | None
     column: str = ""
+    num_total: int | None = None
+    point_set: str | None = None
+    subset: int | None = None
+    protocol: str | None = None
+    stages: list[str] | None = None
+    stage_order_known: bool = True
+    clean_on_points: float | None = None
+
+    @property
+    def all_points(self) -> bool:
+        """Every point of the split was attacked (known only when both counts are stored)."""
+        return self.num_points is not None and self.num_points == self.num_total
 
 
 @dataclass
@@ -143,10 +170,20 @@ class Run:
     seconds: float | None
     error: str | None
     row: dict[str, Any] = field(repr=False, default_factory=dict)
+    suite: str | None = None
+    is_evaluation: bool = False
+    weights: str | None = None  # provenance of evaluated weights, in words
+    noise_known: bool = True  # False: an evaluation of weights whose training is unknown
+    num_test: int | None = None
+    training_flags: list[str] = field(default_factory=list)
 
     @property
     def is_clean(self) -> bool:
-        """Trained on clean labels (no noise model, or a zero noise rate)."""
+        """Trained on clean labels (no noise model, or a zero noise rate), as far as known.
+
+        False for an evaluation of weights whose training is not known."""
+        if not self.noise_known:
+            return False
         return self.noise_kind is None or not self.noise_rate
 
 
@@ -173,6 +210,74 @@ def _as_row(obj: Any) -> dict[str, Any]:
     return dict(obj)
 
 
+def _int(v: Any) -> int | None:
+    x = _num(v)
+    return int(x) if x is not None and math.isfinite(x) else None
+
+
+def _decode_robust(r: Mapping[str, Any]) -> RobustEval | None:
+    """One ``metrics["robust"]`` row; None for rows that are not robust accuracies at an eps."""
+    if _num(r.get("eps")) is None or r.get("kind", "attack") != "attack":
+        return None
+    stored = r.get("per_attack")
+    stored = {str(k): _num(v) for k, v in stored.items()} if isinstance(stored, Mapping) else {}
+    clean_on_points = stored.pop("clean", None)
+    stages_raw = r.get("stages")
+    stages = [str(s) for s in stages_raw] if isinstance(stages_raw, (list, tuple)) else None
+    per_attack: dict[str, float | None] | None = None
+    if stored:
+        if stages:  # the run order; stages without a stored value and extra keys keep their place
+            order = [s for s in stages if s in stored] + [k for k in stored if k not in stages]
+            per_attack = {k: stored[k] for k in order}
+        else:
+            per_attack = dict(stored)
+    subset = r.get("subset")
+    return RobustEval(
+        attack=str(r.get("attack", "?")),
+        norm=str(r.get("norm", "?")),
+        eps=float(r["eps"]),
+        accuracy=_num(r.get("accuracy")),
+        num_points=_int(r.get("num_points")),
+        flags=_as_flags(r["flags"]) if "flags" in r else None,
+        per_attack=per_attack,
+        num_total=_int(r.get("num_total")),
+        point_set=str(r["point_set"]) if r.get("point_set") else None,
+        subset=_int(subset),
+        protocol=str(r["protocol"]) if r.get("protocol") else None,
+        stages=stages,
+        stage_order_known=bool(stages) or len(stored) <= 1,
+        clean_on_points=clean_on_points,
+    )
+
+
+def noise_text(kind: Any, rate: Any) -> str:
+    """``"symmetric 40% label noise"``; ``"clean labels"`` for no noise or a zero rate."""
+    r = _num(rate)
+    if kind is None or not r:
+        return "clean labels"
+    return f"{kind} {100 * r:g}% label noise"
+
+
+def weights_text(metrics: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """Where evaluated weights came from, in words, from ``metrics["provenance"]``:
+    ``"weights of run ce/sym-0.4 (symmetric 40% label noise)"``, ``"weights of unknown
+    origin"``, or (older stores without provenance) ``"weights 1a2b3c4d5e (provenance not
+    recorded)"``."""
+    prov = metrics.get("provenance")
+    if not isinstance(prov, Mapping):
+        sha = _get(cfg, "model", "weights_sha256")
+        return f"weights {str(sha)[:10]} (provenance not recorded)" if sha else "weights (provenance not recorded)"
+    run_id, run_name = prov.get("run_id"), prov.get("run_name")
+    if not run_id and not run_name:
+        return "weights of unknown origin"
+    who = f"run {run_name}" if run_name else f"run {str(run_id)[:SHORT_ID]}"
+    training = prov.get("training")
+    if not isinstance(training, Mapping):
+        return f"weights of {who} (training not recorded)"
+    noise = training.get("noise") if isinstance(training.get("noise"), Mapping) else None
+    return f"weights of {who} ({noise_text(noise.get('kind') if noise else None, noise.get('rate') if noise else 0)})"
+
+
 def normalize_rows(rows: Sequence[Any]) -> list[Run]:
     """Decode stored rows into :class:`Run` objects (missing pieces become None)."""
     if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
@@ -185,47 +290,47 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
         row = _as_row(obj)
         cfg: Mapping[str, Any] = row["config"] if isinstance(row.get("config"), Mapping) else {}
         metrics: Mapping[str, Any] = row["metrics"] if isinstance(row.get("metrics"), Mapping) else {}
+        is_eval = cfg.get("kind") == "evaluation" or row.get("suite") == "evaluations"
+        train_cfg: Mapping[str, Any] = cfg.get("train") if isinstance(cfg.get("train"), Mapping) else {}
         noise_cfg = cfg.get("noise") if isinstance(cfg.get("noise"), Mapping) else None
+        noise_known = True
+        weights = None
+        if is_eval:
+            weights = weights_text(metrics, cfg)
+            training = _get(metrics, "provenance", "training")
+            if isinstance(training, Mapping):
+                noise_cfg = training.get("noise") if isinstance(training.get("noise"), Mapping) else None
+                train_cfg = {"objective": training.get("objective"), "loss": {"name": training.get("loss")}}
+            else:
+                noise_known, noise_cfg, train_cfg = False, None, {}
         noise_kind = noise_cfg.get("kind") if noise_cfg else None
-        noise_rate = _num(noise_cfg.get("rate")) if noise_cfg else 0.0
+        noise_rate = _num(noise_cfg.get("rate")) if noise_cfg else (0.0 if noise_known else None)
         flip_rate = _num(_get(metrics, "noise", "flip_rate"))
-        if flip_rate is None and metrics and metrics.get("noise") is None and noise_cfg is None:
-            flip_rate = 0.0  # a finished run without a noise model flipped no label
-        robust = []
-        for r in metrics.get("robust") or []:
-            if not isinstance(r, Mapping) or _num(r.get("eps")) is None:
-                continue
-            per_attack = r.get("per_attack")
-            robust.append(
-                RobustEval(
-                    attack=str(r.get("attack", "?")),
-                    norm=str(r.get("norm", "?")),
-                    eps=float(r["eps"]),
-                    accuracy=_num(r.get("accuracy")),
-                    num_points=int(r["num_points"]) if _num(r.get("num_points")) is not None else None,
-                    flags=_as_flags(r["flags"]) if "flags" in r else None,
-                    per_attack=(
-                        {str(k): _num(v) for k, v in per_attack.items()}
-                        if isinstance(per_attack, Mapping) and per_attack
-                        else None
-                    ),
-                )
-            )
+        if flip_rate is None and metrics and metrics.get("noise") is None and noise_cfg is None and not is_eval:
+            flip_rate = 0.0  # a finished training run without a noise model flipped no label
+        robust = [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
+                  for ev in [_decode_robust(r)] if ev is not None]
         history = [h for h in (metrics.get("history") or []) if isinstance(h, Mapping)]
         extra = {k: metrics[k] for k in OPTIONAL_METRIC_COLUMNS if metrics.get(k) is not None}
+        if "best_epoch" not in extra and _get(metrics, "training", "best_epoch") is not None:
+            extra["best_epoch"] = _get(metrics, "training", "best_epoch")
         name = str(row.get("name") or row.get("id") or "")
+        dataset = _get(cfg, "data", "name")
+        if is_eval and _get(cfg, "data", "split") not in (None, "test"):
+            dataset = f"{dataset}/{_get(cfg, 'data', 'split')}"
         runs.append(
             Run(
                 id=str(row.get("id") or ""),
                 name=name,
                 label=name,
                 status=str(row.get("status") or "unknown"),
-                dataset=_get(cfg, "data", "name"),
-                model=_get(cfg, "model", "name"),
-                objective=_with_params(_get(cfg, "train", "objective"), _get(cfg, "train", "objective_params"),
-                                       _get(cfg, "train", "objective_preset")),
-                loss=_with_params(_get(cfg, "train", "loss", "name"), _get(cfg, "train", "loss", "params"),
-                                  _get(cfg, "train", "loss", "preset")),
+                dataset=dataset,
+                model=_get(cfg, "model", "name") if not is_eval else
+                (_get(metrics, "provenance", "training", "model") or _get(cfg, "model", "name")),
+                objective=_with_params(train_cfg.get("objective"), train_cfg.get("objective_params"),
+                                       train_cfg.get("objective_preset")),
+                loss=_with_params(_get(train_cfg, "loss", "name"), _get(train_cfg, "loss", "params"),
+                                  _get(train_cfg, "loss", "preset")),
                 noise_kind=noise_kind,
                 noise_rate=noise_rate,
                 flip_rate=flip_rate,
@@ -238,6 +343,13 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
                 seconds=_num(row.get("duration_s")),
                 error=row.get("error"),
                 row=row,
+                suite=str(row["suite"]) if row.get("suite") else None,
+                is_evaluation=is_eval,
+                weights=weights,
+                noise_known=noise_known,
+                num_test=_int(metrics.get("num_test")) if _int(metrics.get("num_test")) is not None
+                else _int(_get(metrics, "data", "num_test")),
+                training_flags=_as_flags(_get(metrics, "training", "flags")),
             )
         )
     _assign_labels(runs)
@@ -255,33 +367,39 @@ def _assign_labels(runs: list[Run]) -> None:
 
 
 def _assign_robust_columns(runs: list[Run]) -> None:
-    """Name each evaluation's column; a repeat of the same attack/norm/eps in one run gets ``#2``."""
+    """Name each evaluation's column; a repeat of the same attack/norm/eps/n in one run gets ``#2``."""
     for r in runs:
         seen: dict[str, int] = {}
         for ev in r.robust:
-            base = robust_column(ev.attack, ev.norm, ev.eps)
+            base = robust_column(ev.attack, ev.norm, ev.eps, ev.num_points)
             seen[base] = seen.get(base, 0) + 1
             ev.column = base if seen[base] == 1 else f"{base} #{seen[base]}"
 
 
 def robust_columns(runs: Sequence[Run]) -> list[str]:
     """Robust columns over all runs: grouped by (attack, norm) in order of first appearance,
-    eps ascending within a group."""
-    groups: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
+    then by eps ascending, then by the number of points (descending; unknown last)."""
+    groups: dict[tuple[str, str], dict[str, tuple[float, float, str]]] = {}
     for r in runs:
         for ev in r.robust:
             g = groups.setdefault((ev.attack, ev.norm), {})
-            g.setdefault(ev.column, (ev.eps, ev.column))
+            g.setdefault(ev.column, (ev.eps, -(ev.num_points if ev.num_points is not None else -1), ev.column))
     out: list[str] = []
     for g in groups.values():
-        out.extend(col for _, col in sorted(g.values()))
+        out.extend(col for *_, col in sorted(g.values()))
     return out
+
+
+def robust_eval_of(run: Run, column: str) -> RobustEval | None:
+    """The evaluation of ``run`` shown in robust ``column`` (None if the run has none)."""
+    return next((ev for ev in run.robust if ev.column == column), None)
 
 
 def columns_of(runs: Sequence[Run]) -> list[str]:
     """All table columns for these runs, in order."""
     optional = [c for c in OPTIONAL_METRIC_COLUMNS if any(c in r.extra for r in runs)]
-    return [*BASE_COLUMNS, *robust_columns(runs), *optional, *TAIL_COLUMNS]
+    weights = ["weights"] if any(r.is_evaluation for r in runs) else []
+    return [*BASE_COLUMNS, *robust_columns(runs), *weights, *optional, *TAIL_COLUMNS]
 
 
 def table_row(run: Run, columns: Sequence[str]) -> dict[str, Any]:
@@ -301,6 +419,7 @@ def table_row(run: Run, columns: Sequence[str]) -> dict[str, Any]:
         "ece": run.ece,
         "train_seconds": run.train_seconds,
         "seconds": run.seconds,
+        "weights": run.weights,
     }
     for ev in run.robust:
         values[ev.column] = ev.accuracy
@@ -317,7 +436,7 @@ def results_table(rows: Sequence[Any]) -> list[dict[str, Any]]:
     columns; accuracies, ``flip_rate`` and robust accuracies are fractions in [0, 1].
 
     >>> from robustlab.report import results_table
-    >>> results_table([r.to_dict() for r in store.list()])[0]["pgd linf eps=0.1"]
+    >>> results_table([r.to_dict() for r in store.list()])[0]["pgd linf eps=0.1 (n=360)"]
     0.62
     """
     runs = normalize_rows(rows)

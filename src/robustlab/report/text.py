@@ -1,0 +1,244 @@
+"""The results as plain text for a terminal or a log: :func:`text_table`.
+
+It shows the same table as the HTML report (:mod:`robustlab.report.view`) in fewer
+columns, and never cuts a run name, a header or a number to make it fit. Three layouts,
+the first that fits ``width`` wins:
+
+1. one table with full headers (run, clean, one column per robust evaluation with its
+   attack, eps and n), plus as many of label noise, flipped labels and ECE as fit;
+2. the same table with numbered robust columns (``[1]``, ``[2]``, ...) and a legend
+   under it that names each one in full;
+3. one block per run: its name on a line of its own, then its clean accuracy and one
+   line per attack with every eps and robust accuracy (wrapped at word boundaries).
+
+Captions (values the same for every run, what the point-set letters mean), the
+provenance of evaluated weights and the flags follow, wrapped to ``width``. Pure
+Python: no torch, no matplotlib, no terminal library.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from robustlab.report.table import Run, eps_text, normalize_rows
+from robustlab.report.view import MIXED, Column, TableView, suite_groups, table_view
+
+MIN_WIDTH = 20
+"""Narrower widths are treated as this one."""
+
+SEP = "  "
+EXTRA_COLUMNS: tuple[str, ...] = ("noise", "flip_rate", "ece")
+"""Descriptive columns the text table shows when they fit, in this order of priority."""
+
+
+@dataclass
+class _Col:
+    header: list[str]
+    cells: list[str]
+    left: bool = False
+
+    @property
+    def width(self) -> int:
+        return max([len(h) for h in self.header] + [len(c) for c in self.cells])
+
+
+NBSP = "\u00a0"
+"""Joins words that must stay on one line (``eps=0.1 53.3``); printed as a space."""
+
+
+def _wrap(text: str, width: int, indent: str = "", subsequent: str | None = None) -> list[str]:
+    lines = textwrap.wrap(text, width=width, initial_indent=indent,
+                          subsequent_indent=indent + "  " if subsequent is None else subsequent,
+                          break_long_words=True, break_on_hyphens=False)
+    return [line.replace(NBSP, " ") for line in lines] or [""]
+
+
+def _mark(mark: str | None) -> str:
+    return f"[{mark}]" if mark else ""
+
+
+def _cell_text(view_cell: Any) -> str:
+    text = view_cell.text.replace("\u2014", "-")
+    return text + _mark(view_cell.mark)
+
+
+def _name(r: Run) -> str:
+    return r.label if r.status == "done" else f"{r.label} ({r.status})"
+
+
+def _robust_header(c: Column, show_norm: bool) -> list[str]:
+    rb = c.robust
+    assert rb is not None
+    lines = [rb.attack] + ([rb.norm] if show_norm else []) + [f"eps={eps_text(rb.eps)}"]
+    tail = [f"n={rb.num_points}"] if rb.num_points is not None else []
+    if len(c.lines) > (3 if rb.num_points is not None else 2):  # a repeated measurement: "#2"
+        tail.append(c.lines[-1])
+    if c.mark:
+        tail.append("[mixed]" if c.mark == MIXED else f"[{c.mark}]")
+    return lines + ([" ".join(tail)] if tail else [])
+
+
+def _render(cols: list[_Col]) -> list[str]:
+    widths = [c.width for c in cols]
+    height = max(len(c.header) for c in cols)
+    lines = []
+    for i in range(height):
+        parts = []
+        for c, w in zip(cols, widths):
+            h = ([""] * (height - len(c.header)) + c.header)[i]
+            parts.append(h.ljust(w) if c.left else h.rjust(w))
+        lines.append(SEP.join(parts).rstrip())
+    lines.append(SEP.join("-" * w for w in widths))
+    for j in range(len(cols[0].cells)):
+        lines.append(SEP.join(c.cells[j].ljust(w) if c.left else c.cells[j].rjust(w)
+                              for c, w in zip(cols, widths)).rstrip())
+    return lines
+
+
+def _total(cols: list[_Col]) -> int:
+    return sum(c.width for c in cols) + len(SEP) * (len(cols) - 1)
+
+
+def _table_layout(view: TableView, width: int, numbered: bool) -> tuple[list[str], list[str]] | None:
+    """(table lines, legend lines) of layout 1 or 2, or None when it does not fit."""
+    robust = view.robust_columns
+    show_norm = len({c.robust.norm for c in robust if c.robust}) > 1
+    name = _Col(["run"], [_name(rv.run) for rv in view.rows], left=True)
+    clean_col = next(c for c in view.columns if c.id == "clean_accuracy")
+    clean = _Col(["clean"] + [line for line in clean_col.lines[1:]]
+                 + ([_mark(clean_col.mark)] if clean_col.mark else []),
+                 [_cell_text(rv.cells["clean_accuracy"]) for rv in view.rows])
+    cols = [name, clean]
+    legend = []
+    for i, c in enumerate(robust, 1):
+        header = [f"[{i}]"] if numbered else _robust_header(c, show_norm)
+        cols.append(_Col(header, [_cell_text(rv.cells[c.id]) for rv in view.rows]))
+        if numbered:
+            legend.append(f"[{i}] " + " ".join(_robust_header(c, True)))
+    if _total(cols) > width:
+        return None
+    for cid in EXTRA_COLUMNS:
+        c = next((c for c in view.columns if c.id == cid), None)
+        if c is None:
+            continue
+        extra = _Col(c.lines, [_cell_text(rv.cells[cid]) for rv in view.rows], left=not c.numeric)
+        if _total([*cols, extra]) <= width:
+            cols.append(extra)
+    return _render(cols), legend
+
+
+def _blocks(view: TableView, width: int) -> list[str]:
+    lines: list[str] = []
+    clean_col = next(c for c in view.columns if c.id == "clean_accuracy")
+    for rv in view.rows:
+        r = rv.run
+        if lines:
+            lines.append("")
+        lines.extend(_wrap(_name(r), width, subsequent=""))
+        if r.weights:
+            lines.extend(_wrap(r.weights, width, "    "))
+        if r.status != "done":
+            first = (r.error or "").strip().splitlines()
+            lines.extend(_wrap(f"{r.status}" + (f": {first[0]}" if first else ""), width, "    "))
+            continue
+        clean = rv.cells["clean_accuracy"]
+        parts = [f"clean{NBSP}{clean.text.replace(chr(0x2014), '-')}"
+                 + (f" ({clean_col.lines[1]})" if len(clean_col.lines) > 1 else "")
+                 + (f" [{clean_col.mark}]" if clean_col.mark else "")]
+        for cid in EXTRA_COLUMNS:
+            c = next((c for c in view.columns if c.id == cid), None)
+            if c is not None:
+                parts.append(f"{c.title.replace(' (%)', '')}{NBSP}{_cell_text(rv.cells[cid])}".replace(" ", NBSP))
+        lines.extend(_wrap("; ".join(parts), width, "    "))
+        groups: dict[str, list[str]] = {}
+        for c in view.robust_columns:
+            rb = c.robust
+            assert rb is not None
+            cell = rv.cells[c.id]
+            if cell.text == "\u2014":
+                continue
+            mark = cell.mark or (c.mark if c.mark != MIXED else None)
+            head = f"{rb.attack} {rb.norm}" + (f" (n={rb.num_points})" if rb.num_points is not None else "") \
+                + (f" [{mark}]" if mark else "")
+            repeat = f" {c.lines[-1]}" if c.lines[-1].startswith("#") else ""
+            groups.setdefault(head, []).append(f"eps={eps_text(rb.eps)}{repeat}{NBSP}{_cell_text(cell)}")
+        for head, items in groups.items():
+            lines.extend(_wrap(f"{head}: " + ", ".join(items), width, "    "))
+    return lines
+
+
+def _view_lines(view: TableView, width: int) -> list[str]:
+    out: list[str] = []
+    caption = "Accuracies in %."
+    norms = {c.robust.norm for c in view.robust_columns if c.robust}
+    if norms:
+        caption = "Accuracies in %; robust columns name the attack, eps and n (points attacked)" + (
+            f", all under the {next(iter(norms))} norm." if len(norms) == 1 else ".")
+    out.extend(_wrap(caption, width, subsequent=""))
+    if view.constants:
+        out.extend(_wrap("Same for every run: " + "; ".join(f"{k} {v}" for k, v in view.constants) + ".",
+                         width, subsequent=""))
+    if view.point_note:
+        out.extend(_wrap(view.point_note, width, subsequent=""))
+    out.append("")
+    table = _table_layout(view, width, numbered=False) or _table_layout(view, width, numbered=True)
+    if table is not None:
+        lines, legend = table
+        out.extend(lines)
+        for entry in legend:
+            out.extend(_wrap(entry, width, subsequent="    "))
+    else:
+        out.extend(_blocks(view, width))
+    evaluated = [rv.run for rv in view.rows if rv.run.weights]
+    if evaluated and table is not None:  # (the blocks name the weights under each run)
+        out.append("")
+        for r in evaluated:
+            out.extend(_wrap(f"{r.label}: {r.weights}", width))
+    return out
+
+
+def _flag_lines(runs: Sequence[Run], width: int) -> list[str]:
+    entries = [(r.label, "training", f) for r in runs for f in r.training_flags]
+    entries += [(r.label, ev.column, f) for r in runs for ev in r.robust for f in (ev.flags or [])]
+    if not entries:
+        return []
+    out = ["", "Flags (read them before trusting the numbers):"]
+    for label, what, flag in entries:
+        out.extend(_wrap(f"! {label}, {what}: {flag}", width, subsequent="    "))
+    return out
+
+
+def text_table(rows: Sequence[Any], width: int = 80, *, flags: bool = True) -> str:
+    """The results as plain text whose every line is at most ``width`` characters.
+
+    ``rows``: ``RunRecord.to_dict()`` dicts (as for :func:`~robustlab.report.results_table`).
+    Run names, headers and numbers are never cut: when one table does not fit, the robust
+    columns are numbered with a legend, and when that does not fit either, each run gets a
+    block of its own (see the module docstring). Runs of several suites get one part per
+    suite. With ``flags`` the training flags and audit flags are listed at the end.
+    Widths below :data:`MIN_WIDTH` are treated as ``MIN_WIDTH``; a CLI whose output is not
+    a terminal should pass 80.
+
+    >>> print(text_table([r.to_dict() for r in store.list()], width=80))
+    """
+    width = max(int(width), MIN_WIDTH)
+    runs = normalize_rows(rows)
+    if not runs:
+        return "(no runs)"
+    groups = suite_groups(runs)
+    out: list[str] = []
+    for suite, members in groups:
+        if len(groups) > 1:
+            if out:
+                out.append("")
+            evaluations = all(r.is_evaluation for r in members)
+            head = f"== suite {suite}" + (": evaluations of saved weights" if evaluations else "") \
+                + f" ({len(members)} run{'' if len(members) == 1 else 's'}) =="
+            out.extend(_wrap(head, width, subsequent=""))
+        out.extend(_view_lines(table_view(members, suite=suite), width))
+    if flags:
+        out.extend(_flag_lines(runs, width))
+    return "\n".join(line.rstrip() for line in out)

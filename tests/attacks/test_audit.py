@@ -122,7 +122,6 @@ def test_black_box_and_monotone_and_protocol_checks():
     assert check_protocol([], "p") == []
 
 
-@pytest.mark.skipif("square" not in attacks, reason="square not registered yet")
 def test_black_box_stronger_fires_when_square_beats_apgd_on_a_masked_model():
     from robustlab.evaluate import attack_report
 

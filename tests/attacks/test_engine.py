@@ -5,14 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, AttackContext, ThreatModel, attacks, create
+from robustlab.attacks import Attack, AttackContext, ThreatModel, create
 from robustlab.attacks.ensemble import is_black_box
 from tests.attacks.helpers import gen, linear_model, problem
-
-
-def needs(*names):
-    missing = [n for n in names if n not in attacks]
-    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not registered yet")
 
 
 def test_jacobian_of_a_linear_model_is_its_weight_matrix_and_is_counted():
@@ -92,7 +87,6 @@ def test_members_recording_rows_are_scattered_into_the_ensemble_rows():
     assert r.info["stage_black_box"] == [False, True]
 
 
-@needs("fab-t")
 def test_fab_min_norm_inside_an_ensemble_and_alone():
     lin, x, y = problem(n=150)
     t = ThreatModel("l2", 0.3)
@@ -112,7 +106,6 @@ def test_fab_min_norm_inside_an_ensemble_and_alone():
     assert bool((alone.info["min_norm"][alone.robust] > t.eps).all())
 
 
-@needs("cw-l2")
 def test_cw_records_the_smallest_adversarial_norm_it_saw():
     lin, x, y = problem(n=60, k=2, d=6)
     t = ThreatModel("l2", 0.2)
@@ -130,7 +123,6 @@ def test_cw_records_the_smallest_adversarial_norm_it_saw():
     assert re.info["min_norm"].shape == (len(x),)
 
 
-@needs("square", "eot")
 def test_black_box_comes_from_the_class_attribute_not_the_name():
     assert is_black_box(create("square")) and not is_black_box(create("apgd-ce"))
     assert is_black_box(create("eot", attack="square", samples=2, params={"n_queries": 5}))

@@ -1,11 +1,14 @@
 """Ensembles: only still-robust points are attacked, stage records add up, the standard
 protocol reaches the exact L-inf robust accuracy of a linear model; EOT."""
 
+import logging
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from robustlab.attacks import FAST_PROTOCOL, PROTOCOL, ThreatModel, attacks, create
+from robustlab.attacks import FAST_PROTOCOL, PROTOCOL, ThreatModel, create
 from robustlab.attacks.ensemble import fast_members, standard_members
 from robustlab.errors import ConfigError
 from tests.attacks.helpers import exact_linf_robust, gen, problem
@@ -53,12 +56,6 @@ def test_several_eps_reuse_successes():
     assert res[2].forwards < res[0].forwards
 
 
-def needs(*names):
-    missing = [n for n in names if n not in attacks]
-    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not registered yet")
-
-
-@needs("fab-t", "square")
 def test_standard_reaches_the_exact_linf_robust_accuracy():
     lin, x, y = problem(n=150)
     eps = 0.05
@@ -166,3 +163,35 @@ def test_eot_averages_gradients_of_a_randomised_model():
     assert torch.allclose(g_eot, g_ref, atol=1e-6)
     assert not torch.equal(loss_eot, loss_ref) and torch.allclose(loss_eot, loss_ref, atol=1e-2)
     assert ctx.forwards == 4 * len(x) and ctx.backwards == 4 * len(x)
+
+
+LINE = re.compile(
+    r"^(?P<name>\S+) (?P<threat>\S+ eps=\S+): stage (?P<j>\d+)/(?P<of>\d+) (?P<label>\S+) on "
+    r"(?P<on>\d+) of (?P<n>\d+) points, (?P<broken>\d+) broken, (?P<robust>\d+) robust, .+ s$"
+)
+
+
+def test_one_progress_line_per_stage_in_order_with_the_counts_of_the_result(caplog):
+    lin, x, y = problem()
+    members = [("fgsm", {}), ("pgd", {"steps": 10, "loss": "margin", "targets": 3}), ("apgd-ce", {"steps": 5})]
+    eps = [0.02, 0.05]
+    caplog.set_level(logging.INFO, logger="robustlab.progress")
+    res = create("ensemble", members=members)(lin, x, y, [ThreatModel("linf", e) for e in eps], generator=gen(0))
+    lines = [LINE.match(r.getMessage()) for r in caplog.records if r.name == "robustlab.progress"]
+    assert len(lines) == 2 * 3 and all(lines)
+    for k, r in enumerate(res):  # budgets run in increasing eps, the stages in order
+        got = lines[3 * k: 3 * k + 3]
+        bb = r.info["broken_by"]
+        assert [m["threat"] for m in got] == [f"linf eps={eps[k]:g}"] * 3
+        assert [m["label"] for m in got] == r.info["stages"] == ["fgsm", "pgd", "apgd-ce"]
+        assert [int(m["j"]) for m in got] == [1, 2, 3] and {m["of"] for m in got} == {"3"}
+        assert {m["name"] for m in got} == {"ensemble"} and {int(m["n"]) for m in got} == {len(x)}
+        # this call attacks the points still robust at the smaller eps (all correct ones at the first)
+        attacked = r.clean_correct & ~res[k - 1].success if k else r.clean_correct
+        for j, m in enumerate(got):
+            broken_here = int(((bb == j) & attacked).sum())
+            assert int(m["broken"]) == broken_here == r.info["stage_broken"][j]
+            assert int(m["on"]) == int((attacked & ((bb == -1) | (bb >= j))).sum())
+            assert int(m["robust"]) == int(m["on"]) - broken_here
+        assert int(got[-1]["robust"]) == int(r.robust.sum())
+    assert int(lines[1]["broken"]) > 0  # not vacuous: a later stage breaks points

@@ -8,13 +8,9 @@ import torch
 from scipy.optimize import brentq, linprog
 from torch import nn
 
-import robustlab.attacks.fab  # noqa: F401  (registers fab, fab-t)
 from robustlab.attacks import ThreatModel, create
-from robustlab.attacks import threat as threat_module
 from robustlab.attacks.fab import fab_min_norm, project_hyperplane_box
 from robustlab.errors import ConfigError
-
-HAS_L1 = "l1" in threat_module.NORMS
 
 
 def linear_model(d, k, seed, scale=3.0, bounds=(0.0, 1.0)):
@@ -135,7 +131,6 @@ def test_fab_finds_exact_minimal_perturbation_of_linear_model(targeted, norm, q)
     assert torch.allclose(ThreatModel(norm, 0.1).norm_of(found.x_adv - x), found.norm)
 
 
-@pytest.mark.skipif(not HAS_L1, reason="ThreatModel has no 'l1' norm yet")
 @pytest.mark.parametrize("targeted", [True, False])
 def test_fab_l1_finds_exact_minimal_perturbation_of_linear_model(targeted):
     lin = linear_model(d=10, k=4, seed=2)
@@ -150,7 +145,7 @@ def test_fab_l1_finds_exact_minimal_perturbation_of_linear_model(targeted):
 
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 2.0)])
-@pytest.mark.parametrize("norm", ["linf", "l2"] + (["l1"] if HAS_L1 else []))
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_fab_never_beats_the_exact_box_constrained_minimum(bounds, norm):
     lo, hi = bounds
     lin = linear_model(d=8, k=2, seed=4, scale=6.0, bounds=bounds)

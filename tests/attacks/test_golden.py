@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 
 from robustlab import models
-from robustlab.attacks import ThreatModel, attacks, create
+from robustlab.attacks import ThreatModel, create
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "golden_digits.json").read_text())
@@ -41,15 +42,9 @@ SETTINGS = {  # AutoAttack's standard version (pyautoattack _set_version("standa
 STRONGER_BY_AT_MOST = 0.03  # fraction of points
 WEAKER_BY_AT_MOST = 0.005
 
-pytestmark = pytest.mark.skipif(
-    any(name not in attacks for name, _ in SETTINGS.values()), reason="fab-t or square not registered"
-)
-
-
 @pytest.fixture(scope="module")
 def golden():
-    sklearn = pytest.importorskip("sklearn.datasets")
-    digits = sklearn.load_digits()
+    digits = load_digits()
     idx = np.asarray(GOLDEN["data"]["indices"])
     images = digits.images[idx] / 16.0
     sha = hashlib.sha256(np.round(images * 16).astype(np.uint8).tobytes()).hexdigest()

@@ -83,10 +83,45 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     assert torch.equal(weights(full), weights(resumed))
 
 
-def test_corrupt_checkpoint_refused(tmp_path):
+def _refused_checkpoint_message(tmp_path):
+    m = fresh()
+    before = weights(m).clone()
+    with pytest.raises(CheckpointError) as info:
+        Trainer(m, epochs=1, checkpoint_dir=tmp_path, progress=False).fit(blobs())
+    assert torch.equal(weights(m), before)  # nothing trained, nothing loaded
+    msg = str(info.value)
+    assert "unreadable or holds non-tensor objects" in msg
+    assert "never unpickles arbitrary objects" in msg
+    assert f"Delete {tmp_path / 'last.pt'}" in msg
+    assert "weights_only" not in msg  # not torch's advice to unpickle anyway
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    return msg
+
+
+def test_garbage_checkpoint_refused_with_what_to_do(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="Delete it"):
-        Trainer(fresh(), epochs=1, checkpoint_dir=tmp_path, progress=False).fit(blobs())
+    _refused_checkpoint_message(tmp_path)
+
+
+class _Payload:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_refused_and_its_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    state = {"format": "robustlab-train-checkpoint/1", "epoch": 1, "model": _Payload(marker)}
+    torch.save(state, tmp_path / "last.pt")
+    assert not marker.exists()
+    _refused_checkpoint_message(tmp_path)
+    assert not marker.exists()
 
 
 def test_schedules():

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.errors import ConfigError
+from robustlab.validation import check_choice, check_float
 
 
 class WeightEMA:
@@ -20,10 +20,8 @@ class WeightEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"ema decay must lie in (0, 1), got {decay}.")
-        self.decay = float(decay)
-        self.warmup = warmup
+        self.decay = check_float(decay, "ema_decay", low=0.0, high=1.0, low_open=True, high_open=True)
+        self.warmup = bool(check_choice(warmup, "warmup", (True, False)))
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -1,4 +1,5 @@
-"""End-of-epoch checks that can stop a run, and robust accuracy on a small held-out set.
+"""End-of-epoch checks: those an objective runs (and that can stop a run), and the
+Trainer's own check that training has not collapsed to chance.
 
 An objective may implement ``end_epoch(model, epoch) -> EpochVerdict | None``; the
 :class:`~robustlab.train.Trainer` calls it after every epoch's last optimiser step, puts
@@ -14,6 +15,9 @@ reason) and the checkpoint remembers it, so resuming a stopped run does not trai
 
 :class:`CatastrophicOverfittingCheck` is the check of Wong, Rice & Kolter (2020) used by
 the single-step objectives (``fgsm-rs``, and optionally ``gradalign``/``aaer``).
+
+:func:`chance_check` is the Trainer's ``training-at-chance`` check (see
+:class:`~robustlab.train.Trainer`): is the model any better than a constant prediction?
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from torch import nn
 from robustlab import attacks as _attacks
 from robustlab.attacks import ThreatModel
 from robustlab.errors import ConfigError
+from robustlab.evaluate import robust_accuracy
+from robustlab.validation import check_choice, check_float, check_int, check_subset
 
 CO_ACTIONS = ("rollback", "stop", "record")
+#: accuracy points above the best constant prediction below which training is "at chance"
+CHANCE_MARGIN = 0.02
 
 
 @dataclass
@@ -45,27 +53,80 @@ class EpochVerdict:
             raise ConfigError(f"EpochVerdict.action must be None, 'stop' or 'rollback', got {self.action!r}.")
 
 
-def robust_accuracy(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: _attacks.Attack,
-    threat: ThreatModel,
-    *,
-    generator: torch.Generator,
-    batch_size: int = 512,
-) -> float:
-    """Share of ``(x, y)`` that ``model`` classifies correctly and ``attack`` does not
-    break (the attack's evaluation call: eval mode, full precision re-check)."""
+@dataclass
+class ChanceCheck:
+    """What :func:`chance_check` measured on ``points`` training points."""
+
+    accuracy: float  # clean accuracy against the training labels
+    majority_share: float  # accuracy of always predicting the most common label
+    majority_label: int
+    top_prediction: int  # the class the model predicts most often
+    top_share: float  # ... and the share of predictions that are that class
+    points: int
+    margin: float = CHANCE_MARGIN
+
+    @property
+    def at_chance(self) -> bool:
+        """No better than the best constant prediction plus ``margin``."""
+        return self.accuracy <= self.majority_share + self.margin
+
+    def __str__(self) -> str:
+        return (
+            f"the model classifies {100 * self.accuracy:.1f}% of {self.points} training points correctly "
+            f"(clean inputs, eval mode), no better than always predicting the most common label "
+            f"{self.majority_label} ({100 * self.majority_share:.1f}%); {100 * self.top_share:.0f}% of its "
+            f"predictions are class {self.top_prediction}"
+        )
+
+
+@torch.no_grad()
+def chance_check(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, margin: float = CHANCE_MARGIN, batch_size: int = 512
+) -> ChanceCheck:
+    """Is ``model`` at chance on ``(x, y)``, i.e. no better than a constant classifier?
+
+    Definition: the model's clean predictions (eval mode, mode restored afterwards) on
+    ``x`` are compared with the labels ``y`` (the *training* labels, noisy or not); the
+    model is at chance when its accuracy is at most the share of the most common label
+    (the accuracy of the best constant prediction) plus ``margin`` (2 points).
+
+    Why this works both ways: a constant classifier predicting class ``c`` scores exactly
+    the share of ``c``, at most the majority share, so it is always at chance; a
+    classifier whose predictions carry no information about the labels scores
+    ``sum_c P(pred = c) share(c)``, again at most the majority share. A model that has
+    learned the task is far above it even when most labels are wrong: with symmetric
+    noise of rate ``rho`` over ``K`` balanced classes, predicting the clean class scores
+    ``1 - rho`` (0.2 at 80% noise and K = 10) against a majority share near ``1 / K``.
+    ``top_share`` (the share of the most predicted class) is reported to tell a collapse
+    onto one class (100%) from predictions unrelated to the input.
+    """
     if len(x) == 0:
-        return float("nan")
-    dev = next(model.parameters()).device
-    robust = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
-        res = attack(model, xb, yb, threat, generator=generator)
-        robust += int(res.robust.sum())
-    return robust / len(x)
+        raise ConfigError("the chance check needs at least one point.")
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+    except StopIteration:
+        dev = x.device
+    try:
+        pred = torch.cat([model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    finally:
+        for m, t in was:
+            m.training = t
+    y = y.cpu().long()
+    n = len(y)
+    k = int(max(int(y.max()), int(pred.max())) + 1)
+    label_counts = torch.bincount(y, minlength=k)
+    pred_counts = torch.bincount(pred, minlength=k)
+    return ChanceCheck(
+        accuracy=float((pred == y).sum()) / n,
+        majority_share=float(label_counts.max()) / n,
+        majority_label=int(label_counts.argmax()),
+        top_prediction=int(pred_counts.argmax()),
+        top_share=float(pred_counts.max()) / n,
+        points=n,
+        margin=margin,
+    )
 
 
 class CatastrophicOverfittingCheck:
@@ -94,17 +155,11 @@ class CatastrophicOverfittingCheck:
         rel_step_size: float = 0.25,
         batch_size: int | None = None,
     ) -> None:
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ConfigError(f"the catastrophic-overfitting threshold must lie in (0, 1], got {threshold}.")
-        if action not in CO_ACTIONS:
-            raise ConfigError(f"co_action must be one of {', '.join(CO_ACTIONS)}, got {action!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"co_batch_size must be >= 1, got {batch_size}.")
-        self.threshold = float(threshold)
-        self.action = action
-        self.steps = int(steps)
-        self.rel_step_size = float(rel_step_size)
-        self.batch_size = batch_size
+        self.threshold = check_float(threshold, "co_threshold", low=0.0, high=1.0, low_open=True)
+        self.action = check_choice(action, "co_action", CO_ACTIONS)
+        self.steps = check_int(steps, "co_steps", minimum=1)
+        self.rel_step_size = check_float(rel_step_size, "co_rel_step_size", low=0.0, low_open=True)
+        self.batch_size = check_subset(batch_size, "co_batch_size")
         self.attack = _attacks.create("pgd", steps=self.steps, rel_step_size=self.rel_step_size, restarts=1)
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
@@ -122,7 +177,7 @@ class CatastrophicOverfittingCheck:
         """PGD accuracy on the check batch after ``epoch`` (0-based) and the verdict."""
         if self.x is None or self.y is None:
             return EpochVerdict()
-        acc = robust_accuracy(model, self.x, self.y, self.attack, threat, generator=generator)
+        acc = robust_accuracy(model, self.x, self.y, threat, self.attack, generator=generator).accuracy
         prev = self.previous
         fired = prev is not None and acc < prev - self.threshold
         metrics: dict[str, Any] = {"co_pgd_accuracy": acc, "co_detected": bool(fired)}
@@ -158,4 +213,4 @@ class CatastrophicOverfittingCheck:
         self.fired_at = state.get("fired_at")
 
 
-__all__ = ["CO_ACTIONS", "CatastrophicOverfittingCheck", "EpochVerdict", "robust_accuracy"]
+__all__ = ["CHANCE_MARGIN", "CO_ACTIONS", "CatastrophicOverfittingCheck", "ChanceCheck", "EpochVerdict", "chance_check"]

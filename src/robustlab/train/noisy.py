@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from robustlab.train.objectives import (
     loss_setup,
     objectives,
 )
+from robustlab.validation import check_float, check_int
 
 log = logging.getLogger("robustlab.train")
 
@@ -49,12 +49,6 @@ ELR_PRESETS: dict[str, dict[str, float]] = {
 
 #: ELR clamps the probabilities to ``[ELR_CLAMP, 1 - ELR_CLAMP]`` (official code).
 ELR_CLAMP = 1e-4
-
-
-def _number(value: Any, name: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{what}: {name} must be a finite number, got {value!r}.")
-    return float(value)
 
 
 def _require_index(index: torch.Tensor | None, num_samples: int | None, what: str) -> torch.Tensor:
@@ -166,16 +160,9 @@ class ELR(Objective):
                 )
             base = dict(ELR_PRESETS[key])
             preset = key
-        b = base["beta"] if beta is None else _number(beta, "beta", "ELR")
-        lm = base["lam"] if lam is None else _number(lam, "lam", "ELR")
-        if not 0.0 <= b < 1.0:
-            raise ConfigError(
-                f"ELR: beta must lie in [0, 1), got {b}; with beta = 1 the targets never move."
-            )
-        if lm < 0:
-            raise ConfigError(f"ELR: lam must be >= 0, got {lm}.")
-        self.beta = b
-        self.lam = lm
+        # beta = 1 would freeze the targets at zero
+        self.beta = check_float(base["beta"] if beta is None else beta, "ELR beta", low=0.0, high=1.0, high_open=True)
+        self.lam = check_float(base["lam"] if lam is None else lam, "ELR lam", low=0.0)
         self.preset = preset
         self.criterion = _make_criterion(loss, loss_params, "ELR", "loss, beta, lam, preset")
         self.loss_name = _loss_name(loss)
@@ -262,10 +249,7 @@ class PSKD(Objective):
 
     def __init__(self, alpha: float = 0.8) -> None:
         super().__init__()
-        a = _number(alpha, "alpha", "PS-KD")
-        if not 0.0 <= a <= 1.0:
-            raise ConfigError(f"PS-KD: alpha (alpha_T) must lie in [0, 1], got {a}.")
-        self.alpha = a
+        self.alpha = check_float(alpha, "PS-KD alpha (alpha_T)", low=0.0, high=1.0)
         self.epoch = 0
         self.epochs: int | None = None
         self.predictions: torch.Tensor | None = None
@@ -391,20 +375,10 @@ class CoTeaching(Objective):
                 "the ramp is over); the official code uses the noise rate, e.g. forget_rate=0.4 "
                 "for 40% label noise."
             )
-        tau = _number(forget_rate, "forget_rate", "co-teaching")
-        if not 0.0 <= tau < 1.0:
-            raise ConfigError(
-                f"co-teaching: forget_rate must lie in [0, 1), got {tau}; a rate of 1 would drop "
-                f"every sample."
-            )
-        if isinstance(num_gradual, bool) or not isinstance(num_gradual, int) or num_gradual < 0:
-            raise ConfigError(f"co-teaching: num_gradual (T_k) must be an int >= 0, got {num_gradual!r}.")
-        c = _number(exponent, "exponent", "co-teaching")
-        if c <= 0:
-            raise ConfigError(f"co-teaching: exponent (c) must be > 0, got {c}.")
-        self.forget_rate = tau
-        self.num_gradual = int(num_gradual)
-        self.exponent = c
+        # a forget rate of 1 would drop every sample
+        self.forget_rate = check_float(forget_rate, "co-teaching forget_rate", low=0.0, high=1.0, high_open=True)
+        self.num_gradual = check_int(num_gradual, "co-teaching num_gradual (T_k)", minimum=0)
+        self.exponent = check_float(exponent, "co-teaching exponent (c)", low=0.0, low_open=True)
         self.criterion = _make_criterion(
             loss, loss_params, "co-teaching", "forget_rate, num_gradual, exponent, loss"
         )

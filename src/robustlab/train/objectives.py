@@ -60,6 +60,11 @@ class Objective:
         :class:`~robustlab.errors.ConfigError` for settings that cannot work with it
         (e.g. a warm-up longer than training)."""
 
+    def ramp_epochs(self) -> float:
+        """Epochs over which the objective ramps its difficulty up (e.g. an eps warm-up);
+        the Trainer's training-at-chance check only judges epochs that end after it."""
+        return 0.0
+
     def set_progress(self, epoch: float, total_epochs: int) -> None:
         """Called by the Trainer before every optimiser step with the fractional number of
         epochs done (``epoch + batch / batches_per_epoch``), for per-step schedules such as

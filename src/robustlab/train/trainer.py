@@ -2,8 +2,8 @@
 
 ``Trainer`` owns the optimiser, the learning-rate schedule, autocast, weight EMA,
 checkpoints with exact resume, robust validation, best-checkpoint selection, early
-stopping, progress and logging. What differs between methods is the
-:class:`~robustlab.train.objectives.Objective`.
+stopping, threads, progress and logging, and it says when training has failed. What
+differs between methods is the :class:`~robustlab.train.objectives.Objective`.
 
 >>> from robustlab import data, models, train
 >>> ds = data.load("digits")
@@ -16,15 +16,24 @@ adversarially robust deep learning", Sec. 3-4):
 
 >>> obj = train.create("pgd-at", eps=0.1)
 >>> t = train.Trainer(net, obj, epochs=30, val_attack="pgd", select="robust", early_stopping=5)
->>> history = t.fit(train_split, val_split)   # t.summary()["best_epoch"]
+>>> history = t.fit(train_split, val_split)   # t.summary()["best_epoch"], t.summary()["flags"]
+
+:meth:`Trainer.fit` reads top to bottom: :meth:`~Trainer._prepare` (device, objective
+binding, optimiser, EMA, resume), then per epoch :meth:`~Trainer._train_epoch` (the
+optimiser steps), :meth:`~Trainer._end_epoch` (the objective's verdict, rollback, the
+training-at-chance check), :meth:`~Trainer._validate_and_select` (validation,
+best-checkpoint selection, early stopping) and :meth:`~Trainer._finish_epoch` (test
+accuracy, history, the progress line, checkpoint, callbacks), then
+:meth:`~Trainer._finish` (the selected or averaged weights).
 
 Objective hooks the Trainer calls besides ``loss`` (all optional, see
 :class:`~robustlab.train.objectives.Objective`): ``check_training`` and ``setup`` before
 training (and ``bind(model, seed)`` when the objective has it), ``start_epoch`` and
 ``set_progress`` during it, ``after_backward(model)``
 between the backward pass and the optimiser step (AWP restores its perturbed weights
-there), and ``end_epoch(model, epoch) -> EpochVerdict | None`` after each epoch (the
-catastrophic-overfitting check of ``fgsm-rs``; see :mod:`robustlab.train.monitors`).
+there), ``end_epoch(model, epoch) -> EpochVerdict | None`` after each epoch (the
+catastrophic-overfitting check of ``fgsm-rs``; see :mod:`robustlab.train.monitors`), and
+``ramp_epochs()`` (how long the objective ramps its difficulty, e.g. the eps warm-up).
 """
 
 from __future__ import annotations
@@ -33,24 +42,35 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from robustlab._atomic import atomic_path
 from robustlab.data.base import Dataset
-from robustlab.errors import CheckpointError, ConfigError, NonFiniteInputError
+from robustlab.errors import CheckpointError, ConfigError, InvalidInputError, NonFiniteInputError
+from robustlab.evaluate import robust_accuracy
+from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
+from robustlab.threads import parse_threads, thread_budget
 from robustlab.train.ema import WeightEMA
-from robustlab.train.monitors import EpochVerdict, robust_accuracy
+from robustlab.train.monitors import EpochVerdict, chance_check
 from robustlab.train.objectives import ERM, Objective
 from robustlab.train.schedules import SCHEDULES, lr_factor
-from robustlab.validation import check_labels, check_shape
+from robustlab.validation import (
+    check_choice,
+    check_device,
+    check_float,
+    check_int,
+    check_labels,
+    check_shape,
+    check_subset,
+)
 
 log = logging.getLogger("robustlab.train")
 
@@ -58,9 +78,14 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 CHECKPOINT_NAME = "last.pt"
 BEST_NAME = "best.pt"
 SELECT = ("robust", "clean")
+AMP = (False, True, "bf16", "fp16")
+NORMS = ("linf", "l2", "l1")
 #: attack settings of the robust validation when ``val_attack="pgd"`` and no parameters
 #: are given: PGD-10 with step eps/4 (Rice et al. 2020's validation attack, 2/255 at 8/255)
 DEFAULT_VAL_PGD = {"steps": 10, "rel_step_size": 0.25}
+#: at most this many training points (a fixed seeded subset) are predicted after each epoch
+#: to tell whether training is at chance (see :func:`robustlab.train.monitors.chance_check`)
+CHANCE_POINTS = 512
 
 
 def _is_count(metric: str) -> bool:
@@ -68,8 +93,35 @@ def _is_count(metric: str) -> bool:
     return metric.endswith("_count")
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no parameter: ``True`` or ``False`` (not a string, not 2)."""
+    return bool(check_choice(value, name, (True, False)))
+
+
+@dataclass
+class _Run:
+    """What one call of :meth:`Trainer.fit` keeps across its epochs."""
+
+    start: int
+    n: int
+    steps_per_epoch: int
+    total_steps: int
+    show: bool
+    end_epoch: Callable[[nn.Module, int], Any] | None
+    memory_format: torch.memory_format | None
+    val_threat: Any
+    chance_index: torch.Tensor
+    warmup_end: float
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
 class Trainer:
     """Train ``model`` with ``objective`` (default: ERM with cross-entropy).
+
+    Every keyword parameter but ``checkpoint_dir``, ``progress`` and ``callbacks`` is a
+    training setting: the experiment config is derived from this signature (names,
+    annotations, defaults), and every value is checked here (``epochs=2.5`` or
+    ``batch_size=True`` raise :class:`~robustlab.errors.ConfigError` naming the parameter).
 
     Parameters
     ----------
@@ -87,17 +139,25 @@ class Trainer:
         averaged weights, and at the end of training they are loaded into the model.
     seed: seeds initial shuffling, dropout and objectives' generators per epoch
         (the global RNG state is restored after every epoch).
-    device: where to train.
+    device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or a
+        ``torch.device``); one this machine lacks is refused here, before any work.
+    threads: CPU threads for the run (None: robustlab's rule, see
+        :mod:`robustlab.threads`: one thread for small per-batch work unless the user
+        fixed a count); the count used is ``summary()["threads"]``.
     checkpoint_dir: write ``last.pt`` there after every epoch (atomically) and resume
         from it when present, bit-exactly on the same machine. With ``select`` the best
         weights so far are also written to ``best.pt`` (and kept inside ``last.pt``, so
-        resuming keeps them).
-    progress: show a progress bar (default: only when stderr is a terminal).
+        resuming keeps them). A file that is not a robustlab checkpoint is refused.
+    progress: show a progress bar over each epoch's steps (default: only when stderr is
+        a terminal). Either way one line per epoch goes to the ``robustlab.progress``
+        logger, e.g. ``epoch 3/40  loss 0.412  acc 88.1%  val 90.2%  val-robust 61.0%
+        1.2 s  ETA 44 s``.
     callbacks: functions ``cb(trainer, record)`` called after each epoch's checkpoint.
 
     Validation (``fit(train, val)``): clean accuracy on ``val`` every epoch
-    (``val_accuracy``) and, with ``val_attack``, robust accuracy (``val_robust_accuracy``)
-    every ``val_every`` epochs and after the last one.
+    (``val_accuracy``) and, with ``val_attack``, robust accuracy (``val_robust_accuracy``,
+    through :func:`robustlab.evaluate.robust_accuracy`) every ``val_every`` epochs and
+    after the last one.
 
     val_attack: an attack registry name (``"pgd"``, ``"fast"``, ...) for robust
         validation, or None. ``val_attack_params`` are its parameters (default for
@@ -113,6 +173,16 @@ class Trainer:
         (best-checkpoint selection, Rice et al. 2020). None: keep the last weights.
     early_stopping: stop when the ``select`` metric has not improved for this many
         validations (patience); None: never stop early.
+
+    Training that fails says so: after every epoch that ends past the warm-up (the lr
+    warm-up and the objective's ramp, e.g. the eps warm-up), the model's clean
+    predictions on a fixed seeded subset of at most :data:`CHANCE_POINTS` training
+    points are compared with the training labels
+    (:func:`~robustlab.train.monitors.chance_check`); a model no better than
+    always predicting the most common label (plus 2 points) gets the flag
+    ``training-at-chance`` in that epoch's record (``record["flags"]``) and, when the
+    final (or selected) weights are at chance, in ``summary()["flags"]``, with the likely
+    fix.
     """
 
     def __init__(
@@ -122,66 +192,66 @@ class Trainer:
         *,
         epochs: int = 10,
         batch_size: int = 128,
-        optimizer: str = "sgd",
+        optimizer: Literal["sgd", "adam", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
-        schedule: str = "cosine",
+        schedule: Literal["constant", "cosine", "multistep", "onecycle"] = "cosine",
         warmup_epochs: float = 0.0,
-        milestones: Sequence[float] = (0.5, 0.75),
+        milestones: tuple[float, ...] = (0.5, 0.75),
         gamma: float = 0.1,
         grad_clip: float | None = None,
-        amp: bool | str = False,
+        amp: bool | Literal["bf16", "fp16"] = False,
         channels_last: bool = False,
         ema_decay: float | None = None,
         seed: int = 0,
-        device: str | torch.device = "cpu",
+        device: str = "cpu",
+        threads: int | None = None,
         checkpoint_dir: str | Path | None = None,
         progress: bool | None = None,
         callbacks: Sequence[Callable[[Trainer, dict[str, Any]], None]] = (),
         val_attack: str | None = None,
-        val_attack_params: Mapping[str, Any] | None = None,
-        val_norm: str | None = None,
+        val_attack_params: dict[str, Any] | None = None,
+        val_norm: Literal["linf", "l2", "l1"] | None = None,
         val_eps: float | str | None = None,
         val_every: int = 1,
         val_subset: int | None = None,
-        select: str | None = None,
+        select: Literal["robust", "clean"] | None = None,
         early_stopping: int | None = None,
     ) -> None:
-        if epochs < 1 or batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}.")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
-        if schedule not in SCHEDULES:
-            lr_factor(schedule, 0, 1, steps_per_epoch=1)  # raises with close matches
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"lr must be a positive number, got {lr}.")
-        if warmup_epochs < 0 or warmup_epochs > epochs:
-            raise ConfigError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
-        if amp not in (False, True, "bf16", "fp16"):
-            raise ConfigError(f"amp must be False, True, 'bf16' or 'fp16', got {amp!r}.")
         self.model = model
         self.objective = objective if objective is not None else ERM("ce")
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.optimizer_name = optimizer
-        self.lr = float(lr)
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.warmup_epochs = warmup_epochs
-        self.milestones = tuple(milestones)
-        self.gamma = gamma
-        self.grad_clip = grad_clip
-        self.amp = amp
-        self.channels_last = bool(channels_last)
-        self.ema_decay = ema_decay
-        self.seed = int(seed)
-        self.device = torch.device(device)
+        self.epochs = check_int(epochs, "epochs", minimum=1)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.optimizer_name = check_choice(optimizer, "optimizer", OPTIMIZERS)
+        self.lr = check_float(lr, "lr", low=0.0, low_open=True)
+        self.momentum = check_float(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        self.nesterov = _flag(nesterov, "nesterov")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD).")
+        self.weight_decay = check_float(weight_decay, "weight_decay", low=0.0)
+        self.schedule = check_choice(schedule, "schedule", SCHEDULES)
+        self.warmup_epochs = check_float(warmup_epochs, "warmup_epochs", low=0.0, high=float(self.epochs))
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
+            raise ConfigError(f"milestones must be a list of epochs (or fractions of training), got {milestones!r}.")
+        self.milestones = tuple(check_float(m, "milestones", low=0.0, low_open=True) for m in milestones)
+        self.gamma = check_float(gamma, "gamma", low=0.0, low_open=True)
+        self.grad_clip = None if grad_clip is None else check_float(grad_clip, "grad_clip", low=0.0, low_open=True)
+        if isinstance(amp, bool):
+            self.amp: bool | str = amp
+        else:
+            self.amp = check_choice(amp, "amp", AMP[2:] + (False, True))
+        self.channels_last = _flag(channels_last, "channels_last")
+        self.ema_decay = (
+            None if ema_decay is None
+            else check_float(ema_decay, "ema_decay", low=0.0, high=1.0, low_open=True, high_open=True)
+        )
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.device = check_device(device)
+        self.threads = parse_threads(threads)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.progress = progress
+        self.progress = None if progress is None else _flag(progress, "progress")
         self.callbacks = list(callbacks)
         self._init_validation(val_attack, val_attack_params, val_norm, val_eps, val_every, val_subset, select, early_stopping)
         self.history: list[dict[str, Any]] = []
@@ -189,12 +259,13 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler: Any = None
         self.resumed_from_epoch = 0
+        self.threads_used: int | None = None
         self._reset_run_state()
 
     def _init_validation(
         self,
         val_attack: str | None,
-        val_attack_params: Mapping[str, Any] | None,
+        val_attack_params: dict[str, Any] | None,
         val_norm: str | None,
         val_eps: float | str | None,
         val_every: int,
@@ -204,41 +275,364 @@ class Trainer:
     ) -> None:
         from robustlab import attacks
 
-        if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
-            raise ConfigError(f"val_every must be an int >= 1, got {val_every!r}.")
-        if val_subset is not None and val_subset < 1:
-            raise ConfigError(f"val_subset must be >= 1 (or None for all points), got {val_subset}.")
-        if select is not None and select not in SELECT:
-            raise ConfigError(
-                f"select must be 'robust' (robust validation accuracy), 'clean' or None, got {select!r}."
-            )
-        if select == "robust" and val_attack is None:
+        self.val_every = check_int(val_every, "val_every", minimum=1)
+        self.val_subset = check_subset(val_subset, "val_subset")
+        self.select = check_choice(select, "select", (None, *SELECT))
+        if self.select == "robust" and val_attack is None:
             raise ConfigError("select='robust' needs a robust validation: set val_attack (e.g. 'pgd' or 'fast').")
-        if early_stopping is not None:
-            if isinstance(early_stopping, bool) or not isinstance(early_stopping, int) or early_stopping < 1:
-                raise ConfigError(f"early_stopping is a patience in validations, an int >= 1; got {early_stopping!r}.")
-            if select is None:
-                raise ConfigError(
-                    "early_stopping watches the select metric: set select='robust' or 'clean' as well."
-                )
+        self.early_stopping = None if early_stopping is None else check_int(early_stopping, "early_stopping", minimum=1)
+        if self.early_stopping is not None and self.select is None:
+            raise ConfigError("early_stopping watches the select metric: set select='robust' or 'clean' as well.")
         if (val_norm is None) != (val_eps is None):
             raise ConfigError("give both val_norm and val_eps (or neither, to use the objective's threat model).")
         self.val_threat = None if val_norm is None else attacks.ThreatModel(val_norm, val_eps)  # type: ignore[arg-type]
+        if val_attack is not None and not isinstance(val_attack, str):
+            raise ConfigError(f"val_attack must be an attack registry name such as 'pgd', got {val_attack!r}.")
+        if val_attack_params is not None and not isinstance(val_attack_params, dict):
+            raise ConfigError(f"val_attack_params must be a mapping of attack parameters, got {val_attack_params!r}.")
         self.val_attack_name = val_attack
         params = dict(val_attack_params or {})
         if val_attack is not None and not params and attacks.attacks.canonical(val_attack) == "pgd":
             params = dict(DEFAULT_VAL_PGD)
         self.val_attack_params = params
         self.val_attack = None if val_attack is None else attacks.create(val_attack, **params)
-        self.val_every = val_every
-        self.val_subset = val_subset
-        self.select = select
-        self.early_stopping = early_stopping
 
     def _reset_run_state(self) -> None:
         self.best: dict[str, Any] | None = None  # {"epoch", "score", "model"}
         self.since_best = 0
         self.stop_reason: str | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(
+        self, train: Dataset, val: Dataset | None = None, *, test: Dataset | None = None
+    ) -> list[dict[str, Any]]:
+        """Train on ``train`` (validating on ``val`` each epoch if given).
+
+        ``test``, if given, is only *watched*: its clean accuracy under the current
+        training weights is recorded every epoch as ``test_accuracy`` (so last-epoch and
+        best-epoch test accuracy can both be reported, as the noisy-label literature
+        does); nothing is ever decided on it (selection and early stopping use ``val``).
+
+        Returns the per-epoch history (also kept in ``self.history``). If
+        ``checkpoint_dir`` holds a checkpoint of an interrupted run, training resumes
+        after its last finished epoch (a run that stopped early stays stopped).
+        Everything that can be refused (empty or misshapen data, labels out of range,
+        settings that cannot work together) is refused before the first step.
+        """
+        val_threat = self._check_inputs(train, val, test)
+        self.model.to(self.device)
+        probe = train.x[: self.batch_size].to(self.device)
+        with thread_budget(self.model, probe, threads=self.threads) as threads:
+            self.threads_used = threads
+            run = self._prepare(train, val_threat)
+            for epoch in range(run.start, self.epochs):
+                if self.stop_reason is not None:
+                    break
+                with Progress(f"epoch {epoch + 1}/{self.epochs}", run.steps_per_epoch, show=run.show) as bar:
+                    t0 = time.perf_counter()
+                    with self._epoch_rng(epoch):
+                        record = self._train_epoch(run, train, epoch, bar)
+                        rolled_back = self._end_epoch(run, train, epoch, record)
+                        if val is not None and not rolled_back:
+                            self._validate_and_select(run, val, epoch, record)
+                    self._finish_epoch(run, epoch, record, test, bar, t0)
+            self._finish()
+        return self.history
+
+    def _check_inputs(self, train: Dataset, val: Dataset | None, test: Dataset | None) -> Any:
+        """Refuse data and settings that cannot work, before anything changes; returns the
+        threat model of the robust validation (None without one)."""
+        self._check_data(train, "training")
+        if val is not None:
+            self._check_data(val, "validation")
+        if test is not None:
+            self._check_data(test, "test")
+        if self.select is not None and val is None:
+            raise ConfigError(f"select={self.select!r} needs validation data: call fit(train, val).")
+        val_threat = self._resolve_val_threat() if val is not None else None
+        self.objective.check_training(self.epochs)
+        return val_threat
+
+    def _prepare(self, train: Dataset, val_threat: Any) -> _Run:
+        """Objective binding and setup, optimiser, scaler, EMA, resume from a checkpoint."""
+        bind = getattr(self.objective, "bind", None)
+        if callable(bind):  # objectives that build modules from the model (co-teaching's peer)
+            bind(self.model, self.seed)
+        for m in self._modules():
+            m.to(self.device)
+        images = train.x.dim() == 4
+        channels_last = self.channels_last and images and self.device.type == "cuda"
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.objective.setup(len(train), train.num_classes)
+        self.optimizer = self._make_optimizer()
+        self._reset_run_state()
+        self.scaler = torch.amp.GradScaler("cuda") if self._cuda_amp() and self.amp == "fp16" else None
+        if self.ema_decay is not None:
+            self.ema = WeightEMA(self.model, self.ema_decay)
+        start = self._load_checkpoint()
+        self.resumed_from_epoch = start
+        if start:
+            log.info("resuming from epoch %d (%s)", start, self._checkpoint_path())
+        n = len(train)
+        steps_per_epoch = math.ceil(n / self.batch_size)
+        end_epoch = getattr(self.objective, "end_epoch", None)
+        if getattr(type(self.objective), "end_epoch", None) is getattr(Objective, "end_epoch", object()):
+            end_epoch = None  # the base class's no-op: no per-epoch weight snapshot needed
+        gen = torch.Generator().manual_seed(derive_seed("chance-subset", self.seed))
+        chance_index = torch.randperm(n, generator=gen)[:CHANCE_POINTS].sort().values
+        ramp = getattr(self.objective, "ramp_epochs", None)
+        warmup_end = max(self.warmup_epochs, float(ramp()) if callable(ramp) else 0.0)
+        return _Run(
+            start=start,
+            n=n,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * self.epochs,
+            show=self.progress if self.progress is not None else is_terminal(),
+            end_epoch=end_epoch,
+            memory_format=torch.channels_last if channels_last else None,
+            val_threat=val_threat,
+            chance_index=chance_index,
+            warmup_end=warmup_end,
+        )
+
+    @contextlib.contextmanager
+    def _epoch_rng(self, epoch: int) -> Iterator[None]:
+        """The global RNG (dropout) seeded for ``epoch``; the caller's state is restored."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed("global", self.seed, epoch))
+            yield
+
+    def _train_epoch(self, run: _Run, train: Dataset, epoch: int, bar: Progress) -> dict[str, Any]:
+        """One pass over the shuffled training set; returns the epoch's record so far
+        (``epoch``, ``lr``, ``seconds``, ``train_<metric>``, ``samples_per_s``)."""
+        order = torch.randperm(run.n, generator=torch.Generator().manual_seed(derive_seed("epoch", self.seed, epoch)))
+        obj_gen = torch.Generator(device=self.device).manual_seed(derive_seed("objective", self.seed, epoch))
+        self.objective.start_epoch(epoch, obj_gen)
+        self._snapshot_before = self._snapshot() if run.end_epoch is not None else None
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = 0
+        lr = self.lr
+        self._train_mode(True)
+        for b in range(run.steps_per_epoch):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            xb = train.x[idx].to(self.device, non_blocking=True)
+            if run.memory_format is not None:
+                xb = xb.contiguous(memory_format=run.memory_format)
+            yb = train.y[idx].to(self.device, non_blocking=True)
+            lr = self._set_lr(epoch * run.steps_per_epoch + b, run.total_steps, run.steps_per_epoch)
+            self.objective.set_progress(epoch + b / run.steps_per_epoch, self.epochs)
+            metrics = self._step(xb, yb, idx.to(self.device))
+            bs = len(idx)
+            count += bs
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + (v if _is_count(k) else v * bs)
+            bar.advance(loss=sums["loss"] / count, acc=sums.get("accuracy", float("nan")) / count)
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
+        record.update({f"train_{k}": (v if _is_count(k) else v / count) for k, v in sums.items()})
+        record["samples_per_s"] = count / max(seconds, 1e-9)
+        self._train_mode(False)
+        return record
+
+    def _end_epoch(self, run: _Run, train: Dataset, epoch: int, record: dict[str, Any]) -> bool:
+        """The objective's end-of-epoch verdict (metrics, stop, rollback to the weights the
+        epoch began with), then the training-at-chance check. Returns whether it rolled back."""
+        rolled_back = False
+        if run.end_epoch is not None:
+            verdict = run.end_epoch(self.model, epoch)
+            if verdict is not None:
+                if not isinstance(verdict, EpochVerdict):
+                    raise ConfigError(f"{type(self.objective).__name__}.end_epoch must return an EpochVerdict or None.")
+                record.update(verdict.metrics)
+                if verdict.action == "rollback":
+                    assert self._snapshot_before is not None
+                    self._rollback(self._snapshot_before)
+                    rolled_back = True
+                if verdict.action is not None:
+                    self.stop_reason = verdict.reason or f"{type(self.objective).__name__} stopped training"
+        self._snapshot_before = None
+        if epoch + 1 > run.warmup_end:
+            flag = self._check_at_chance(run, train, epoch)
+            if flag is not None:
+                record.setdefault("flags", []).append(flag)
+        return rolled_back
+
+    def _check_at_chance(self, run: _Run, train: Dataset, epoch: int) -> str | None:
+        """The ``training-at-chance`` flag (with the likely fix) if the model's clean
+        predictions on the fixed training subset are no better than a constant."""
+        idx = run.chance_index
+        finding = chance_check(self.model, train.x[idx], train.y[idx])
+        if not finding.at_chance:
+            return None
+        threat = getattr(self.objective, "threat", None)
+        if threat is not None and threat.eps > 0:
+            fix = (
+                f"lower eps ({threat.eps:g} now) or add an eps warm-up "
+                f"(train.objective_params.eps_warmup), lower the learning rate (train.lr, {self.lr:g} now) "
+                f"or add an lr warm-up (train.warmup_epochs)"
+            )
+        else:
+            fix = (
+                f"lower the learning rate (train.lr, {self.lr:g} now) or add an lr warm-up "
+                f"(train.warmup_epochs), and check that the labels belong to the inputs"
+            )
+        return f"training-at-chance: after epoch {epoch + 1}, {finding}. Likely fix: {fix}."
+
+    def _validate_and_select(self, run: _Run, val: Dataset, epoch: int, record: dict[str, Any]) -> None:
+        """Clean (and, when due, robust) validation; best-checkpoint selection and early stopping."""
+        due = (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.stop_reason is not None
+        record.update(self._validate(val, epoch, due, run.val_threat))
+        if self.select is not None:
+            self._consider_best(epoch, record)
+
+    def _finish_epoch(
+        self, run: _Run, epoch: int, record: dict[str, Any], test: Dataset | None, bar: Progress, t0: float
+    ) -> None:
+        """Test accuracy (watched only), the history record, one progress line, the
+        checkpoint and the callbacks."""
+        if test is not None:
+            record["test_accuracy"] = clean_accuracy_of(self.model, test.x, test.y, device=self.device)
+        if self.stop_reason is not None:
+            record["stopped"] = self.stop_reason
+            log.warning("%s", self.stop_reason)
+        for flag in record.get("flags", []):
+            previous = self.history[-1].get("flags", []) if self.history else []
+            if flag.split(":")[0] not in [f.split(":")[0] for f in previous]:
+                log.warning("%s", flag)
+        self.history.append(record)
+        log.debug("epoch %d: %s", epoch + 1, record)
+        run.epoch_seconds.append(time.perf_counter() - t0)
+        bar.note(self._epoch_line(run, epoch, record))
+        self.save_checkpoint(epoch + 1)
+        for cb in self.callbacks:
+            cb(self, record)
+
+    def _epoch_line(self, run: _Run, epoch: int, record: dict[str, Any]) -> str:
+        """``epoch 3/40  loss 0.412  acc 88.1%  val 90.2%  val-robust 61.0%  1.2 s  ETA 44 s``."""
+        parts = [f"epoch {epoch + 1}/{self.epochs}"]
+        if "train_loss" in record:
+            parts.append(f"loss {record['train_loss']:.3f}")
+        for key, label in (
+            ("train_accuracy", "acc"),
+            ("train_adv_accuracy", "adv-acc"),
+            ("val_accuracy", "val"),
+            ("val_robust_accuracy", "val-robust"),
+            ("test_accuracy", "test"),
+        ):
+            if key in record and record[key] == record[key]:
+                parts.append(f"{label} {100 * record[key]:.1f}%")
+        parts.append(format_seconds(run.epoch_seconds[-1]))
+        left = self.epochs - (epoch + 1)
+        if left and self.stop_reason is None:
+            mean = sum(run.epoch_seconds) / len(run.epoch_seconds)
+            parts.append(f"ETA {format_seconds(mean * left)}")
+        if self.select is not None and self.best is not None:
+            parts.append(f"best epoch {self.best['epoch']} ({100 * self.best['score']:.1f}%)")
+            if self.early_stopping is not None:
+                parts.append(f"patience {self.since_best}/{self.early_stopping}")
+        for flag in record.get("flags", []):
+            parts.append(f"! {flag.split(':')[0]}")
+        if self.stop_reason is not None:
+            parts.append("stopped")
+        return "  ".join(parts)
+
+    def _finish(self) -> None:
+        """Load the selected weights (or the averaged ones) and leave eval mode on."""
+        if self.select is not None and self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+        elif self.ema is not None:
+            self.ema.copy_to(self.model)
+        self._train_mode(False)
+
+    def summary(self) -> dict[str, Any]:
+        """Run-level facts to store with the results: epochs trained, the selected epoch
+        and its score, why training stopped early (None if it did not), the CPU threads
+        used, and ``flags`` (``"code: sentence"`` strings, e.g. ``training-at-chance``) of
+        the epoch whose weights the run ended with (the selected epoch with ``select``)."""
+        final: dict[str, Any] = self.history[-1] if self.history else {}
+        if self.select is not None and self.best is not None and 0 < self.best["epoch"] <= len(self.history):
+            final = self.history[self.best["epoch"] - 1]
+        return {
+            "epochs_trained": len(self.history),
+            "selected": self.select,
+            "best_epoch": None if self.best is None else self.best["epoch"],
+            "best_metric": None if self.best is None else self.best["metric"],
+            "best_score": None if self.best is None else self.best["score"],
+            "stopped_early": self.stop_reason is not None,
+            "stop_reason": self.stop_reason,
+            "threads": self.threads_used,
+            "flags": list(final.get("flags", [])),
+        }
+
+    # -- steps ----------------------------------------------------------------------------
+    def _set_lr(self, step: int, total: int, steps_per_epoch: int) -> float:
+        f = lr_factor(
+            self.schedule,
+            step,
+            total,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=self.warmup_epochs,
+            milestones=self.milestones,
+            gamma=self.gamma,
+        )
+        lr = self.lr * f
+        assert self.optimizer is not None
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
+        assert self.optimizer is not None
+        with self._autocast():
+            per_sample, metrics = self.objective.loss(self.model, xb, yb, idx)
+        loss = per_sample.float().mean()
+        after_backward = getattr(self.objective, "after_backward", None)
+        try:
+            if not torch.isfinite(loss):
+                raise NonFiniteInputError(
+                    "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
+                    "or check the data for extreme values."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        finally:
+            if callable(after_backward):
+                after_backward(self.model)  # e.g. AWP restores its perturbed weights here
+        if self.grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for m in self._modules() for p in m.parameters()]
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        out = {"loss": float(loss.detach())}
+        for k, v in metrics.items():
+            v = v.detach().float()
+            out[k] = float(v.sum()) if _is_count(k) else float(v.mean())
+        return out
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "ema": None if self.ema is None else {k: v.clone() for k, v in self.ema.state_dict()["shadow"].items()},
+            "ema_updates": None if self.ema is None else self.ema.updates,
+        }
+
+    def _rollback(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        if self.ema is not None and snap["ema"] is not None:
+            self.ema.shadow = snap["ema"]
+            self.ema.updates = snap["ema_updates"]
 
     # -- construction helpers ------------------------------------------------------------
     def _modules(self) -> list[nn.Module]:
@@ -278,9 +672,18 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _check_data(self, ds: Dataset, what: str) -> None:
+        if len(ds) == 0:
+            advice = {
+                "training": "pass a training set with at least one sample (check the split, the subset or "
+                "the val_fraction that produced it)",
+                "validation": "pass validation data with at least one sample (e.g. data.val_fraction > 0), "
+                "or call fit(train) without validation data and without select",
+                "test": "pass a test set with at least one sample, or leave test=None",
+            }[what]
+            raise InvalidInputError(f"the {what} set is empty (0 samples); {advice}.")
         expected = getattr(self.model, "input_shape", None)
         if expected is not None:
-            check_shape(ds.x[:1], expected, what=f"model (training on {what})")
+            check_shape(ds.x[:1], expected, what=f"model (training on {what} data)")
         k = getattr(self.model, "num_classes", ds.num_classes)
         check_labels(ds.y, int(k), name=f"{what} labels")
 
@@ -337,19 +740,24 @@ class Trainer:
             torch.save(state, tmp)
 
     def _load_checkpoint(self) -> int:
+        """Restore the state of an interrupted run from ``last.pt``; returns its epoch (0:
+        no checkpoint). Only tensors and plain values are loaded (``weights_only=True``)."""
         path = self._checkpoint_path()
         if path is None or not path.exists():
             return 0
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # corrupt, truncated, or holds non-tensor objects
+        except Exception:  # corrupt, truncated, or holds non-tensor objects
+            # torch's own message is left out on purpose: it advises weights_only=False,
+            # i.e. running whatever the file contains
             raise CheckpointError(
-                f"cannot resume from {path}: {type(exc).__name__}: {exc}. The file is corrupt "
-                f"or not a robustlab training checkpoint (robustlab only loads tensors, never "
-                f"arbitrary pickled objects). Delete it to start the run from scratch."
-            ) from exc
+                f"cannot resume from {path}: the file is unreadable or holds non-tensor objects "
+                f"(corrupt, truncated, or not a robustlab training checkpoint). robustlab never "
+                f"unpickles arbitrary objects, so it will not load it. Delete {path} to restart "
+                f"the run from scratch."
+            ) from None
         if not isinstance(state, dict) or state.get("format") != "robustlab-train-checkpoint/1":
-            raise CheckpointError(f"{path} is not a robustlab training checkpoint; delete it to restart.")
+            raise CheckpointError(f"{path} is not a robustlab training checkpoint; delete {path} to restart.")
         try:
             self.model.load_state_dict(state["model"])
             assert self.optimizer is not None
@@ -396,16 +804,20 @@ class Trainer:
         return val.x[idx], val.y[idx]
 
     def _validate(self, val: Dataset, epoch: int, robust: bool, threat: Any) -> dict[str, float]:
-        """Clean (and robust) validation accuracy in float32, eval mode, EMA weights if on."""
+        """Clean (and robust) validation accuracy in float32, eval mode, EMA weights if on.
+        Robust accuracy goes through the one evaluation path
+        (:func:`robustlab.evaluate.robust_accuracy`) with a generator seeded per epoch."""
         out: dict[str, float] = {}
         with self._evaluation_weights():
             out["val_accuracy"] = clean_accuracy_of(self.model, val.x, val.y, device=self.device)
             if robust and self.val_attack is not None:
                 x, y = self._val_subset(val)
                 gen = torch.Generator(device=self.device).manual_seed(derive_seed("val", self.seed, epoch))
-                out["val_robust_accuracy"] = robust_accuracy(
-                    self.model, x, y, self.val_attack, threat, generator=gen, batch_size=max(self.batch_size, 256)
+                res = robust_accuracy(
+                    self.model, x, y, threat, self.val_attack, generator=gen,
+                    batch_size=max(self.batch_size, 256), threads=self.threads_used,
                 )
+                out["val_robust_accuracy"] = res.accuracy
         return out
 
     def _consider_best(self, epoch: int, record: dict[str, Any]) -> None:
@@ -433,211 +845,6 @@ class Trainer:
                 )
         record["best_epoch"] = self.best["epoch"]
 
-    # -- the loop -------------------------------------------------------------------------
-    def _set_lr(self, step: int, total: int, steps_per_epoch: int) -> float:
-        f = lr_factor(
-            self.schedule,
-            step,
-            total,
-            steps_per_epoch=steps_per_epoch,
-            warmup_epochs=self.warmup_epochs,
-            milestones=self.milestones,
-            gamma=self.gamma,
-        )
-        lr = self.lr * f
-        assert self.optimizer is not None
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "ema": None if self.ema is None else {k: v.clone() for k, v in self.ema.state_dict()["shadow"].items()},
-            "ema_updates": None if self.ema is None else self.ema.updates,
-        }
-
-    def _rollback(self, snap: dict[str, Any]) -> None:
-        self.model.load_state_dict(snap["model"])
-        if self.ema is not None and snap["ema"] is not None:
-            self.ema.shadow = snap["ema"]
-            self.ema.updates = snap["ema_updates"]
-
-    def fit(
-        self, train: Dataset, val: Dataset | None = None, *, test: Dataset | None = None
-    ) -> list[dict[str, Any]]:
-        """Train on ``train`` (validating on ``val`` each epoch if given).
-
-        ``test``, if given, is only *watched*: its clean accuracy under the current
-        training weights is recorded every epoch as ``test_accuracy`` (so last-epoch and
-        best-epoch test accuracy can both be reported, as the noisy-label literature
-        does); nothing is ever decided on it (selection and early stopping use ``val``).
-
-        Returns the per-epoch history (also kept in ``self.history``). If
-        ``checkpoint_dir`` holds a checkpoint of an interrupted run, training resumes
-        after its last finished epoch (a run that stopped early stays stopped).
-        Everything that can be refused is refused before the first step.
-        """
-        self._check_data(train, "train")
-        if val is not None:
-            self._check_data(val, "validation")
-        if test is not None:
-            self._check_data(test, "test")
-        if self.select is not None and val is None:
-            raise ConfigError(f"select={self.select!r} needs validation data: call fit(train, val).")
-        val_threat = self._resolve_val_threat() if val is not None else None
-        self.objective.check_training(self.epochs)
-        self.model.to(self.device)
-        bind = getattr(self.objective, "bind", None)
-        if callable(bind):  # objectives that build modules from the model (co-teaching's peer)
-            bind(self.model, self.seed)
-        for m in self._modules():
-            m.to(self.device)
-        images = train.x.dim() == 4
-        if self.channels_last and images and self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.objective.setup(len(train), train.num_classes)
-        self.optimizer = self._make_optimizer()
-        self._reset_run_state()
-        self.scaler = torch.amp.GradScaler("cuda") if self._cuda_amp() and self.amp == "fp16" else None
-        if self.ema_decay is not None:
-            self.ema = WeightEMA(self.model, self.ema_decay)
-        start = self._load_checkpoint()
-        self.resumed_from_epoch = start
-        if start:
-            log.info("resuming from epoch %d (%s)", start, self._checkpoint_path())
-        n = len(train)
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        total = steps_per_epoch * self.epochs
-        x_all, y_all = train.x, train.y
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        end_epoch = getattr(self.objective, "end_epoch", None)
-        if getattr(type(self.objective), "end_epoch", None) is getattr(Objective, "end_epoch", object()):
-            end_epoch = None  # the base class's no-op: no per-epoch weight snapshot needed
-        fmt = torch.channels_last if (self.channels_last and images and self.device.type == "cuda") else None
-        for epoch in range(start, self.epochs):
-            if self.stop_reason is not None:
-                break
-            seed = derive_seed("epoch", self.seed, epoch)
-            gen = torch.Generator().manual_seed(seed)
-            obj_gen = torch.Generator(device=self.device).manual_seed(derive_seed("objective", self.seed, epoch))
-            self.objective.start_epoch(epoch, obj_gen)
-            snapshot = self._snapshot() if callable(end_epoch) else None
-            order = torch.randperm(n, generator=gen)
-            t0 = time.perf_counter()
-            sums: dict[str, float] = {}
-            count = 0
-            self._train_mode(True)
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(derive_seed("global", self.seed, epoch))
-                with _progress(show, steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}") as bar:
-                    for b in range(steps_per_epoch):
-                        idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                        xb = x_all[idx].to(self.device, non_blocking=True)
-                        if fmt is not None:
-                            xb = xb.contiguous(memory_format=fmt)
-                        yb = y_all[idx].to(self.device, non_blocking=True)
-                        lr = self._set_lr(epoch * steps_per_epoch + b, total, steps_per_epoch)
-                        self.objective.set_progress(epoch + b / steps_per_epoch, self.epochs)
-                        metrics = self._step(xb, yb, idx.to(self.device))
-                        bs = len(idx)
-                        count += bs
-                        for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + (v if _is_count(k) else v * bs)
-                        bar(loss=sums["loss"] / count, acc=sums.get("accuracy", float("nan")) / count)
-                seconds = time.perf_counter() - t0
-                record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
-                record.update({f"train_{k}": (v if _is_count(k) else v / count) for k, v in sums.items()})
-                record["samples_per_s"] = count / max(seconds, 1e-9)
-                self._train_mode(False)
-                rolled_back = False
-                if callable(end_epoch):
-                    verdict = end_epoch(self.model, epoch)
-                    if verdict is not None:
-                        if not isinstance(verdict, EpochVerdict):
-                            raise ConfigError(
-                                f"{type(self.objective).__name__}.end_epoch must return an EpochVerdict or None."
-                            )
-                        record.update(verdict.metrics)
-                        if verdict.action == "rollback":
-                            assert snapshot is not None
-                            self._rollback(snapshot)
-                            rolled_back = True
-                        if verdict.action is not None:
-                            self.stop_reason = verdict.reason or f"{type(self.objective).__name__} stopped training"
-                if val is not None and not rolled_back:
-                    due = (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs or self.stop_reason is not None
-                    record.update(self._validate(val, epoch, due, val_threat))
-                    if self.select is not None:
-                        self._consider_best(epoch, record)
-            if test is not None:
-                record["test_accuracy"] = clean_accuracy_of(self.model, test.x, test.y, device=self.device)
-            if self.stop_reason is not None:
-                record["stopped"] = self.stop_reason
-                log.warning("%s", self.stop_reason)
-            self.history.append(record)
-            log.info("epoch %d: %s", epoch + 1, record)
-            self.save_checkpoint(epoch + 1)
-            for cb in self.callbacks:
-                cb(self, record)
-        if self.select is not None and self.best is not None:
-            self.model.load_state_dict(self.best["model"])
-        elif self.ema is not None:
-            self.ema.copy_to(self.model)
-        self._train_mode(False)
-        return self.history
-
-    def summary(self) -> dict[str, Any]:
-        """Run-level facts to store with the results: epochs trained, the selected epoch
-        and its score, and why training stopped early (None if it did not)."""
-        return {
-            "epochs_trained": len(self.history),
-            "selected": self.select,
-            "best_epoch": None if self.best is None else self.best["epoch"],
-            "best_metric": None if self.best is None else self.best["metric"],
-            "best_score": None if self.best is None else self.best["score"],
-            "stopped_early": self.stop_reason is not None,
-            "stop_reason": self.stop_reason,
-        }
-
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
-        assert self.optimizer is not None
-        with self._autocast():
-            per_sample, metrics = self.objective.loss(self.model, xb, yb, idx)
-        loss = per_sample.float().mean()
-        after_backward = getattr(self.objective, "after_backward", None)
-        try:
-            if not torch.isfinite(loss):
-                raise NonFiniteInputError(
-                    "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
-                    "or check the data for extreme values."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-        finally:
-            if callable(after_backward):
-                after_backward(self.model)  # e.g. AWP restores its perturbed weights here
-        if self.grad_clip is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            params = [p for m in self._modules() for p in m.parameters()]
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        out = {"loss": float(loss.detach())}
-        for k, v in metrics.items():
-            v = v.detach().float()
-            out[k] = float(v.sum()) if _is_count(k) else float(v.mean())
-        return out
-
 
 @torch.no_grad()
 def clean_accuracy_of(
@@ -655,44 +862,4 @@ def clean_accuracy_of(
     return correct / max(len(x), 1)
 
 
-class _progress:
-    """A rich progress bar when ``show``; a no-op otherwise."""
-
-    def __init__(self, show: bool, total: int, label: str) -> None:
-        self.show, self.total, self.label = show, total, label
-        self._p: Any = None
-        self._t0 = time.perf_counter()
-        self._done = 0
-
-    def __enter__(self) -> Callable[..., None]:
-        if self.show:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self._p.start()
-            self._task = self._p.add_task(self.label, total=self.total, stats="")
-        return self.update
-
-    def update(self, **stats: float) -> None:
-        self._done += 1
-        if self._p is not None:
-            rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
-            text = " ".join(f"{k}={v:.4f}" for k, v in stats.items()) + f" {rate:.1f} it/s"
-            self._p.update(self._task, advance=1, stats=text)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.stop()
+__all__ = ["BEST_NAME", "CHANCE_POINTS", "CHECKPOINT_NAME", "DEFAULT_VAL_PGD", "Trainer", "clean_accuracy_of", "derive_seed"]

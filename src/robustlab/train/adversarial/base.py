@@ -5,7 +5,6 @@ engine."""
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from robustlab.train.objectives import (
     as_loss,
     loss_setup,
 )
+from robustlab.validation import check_choice, check_float
 
 BN_MODES = _attack_base.BN_MODES  # ("eval", "train", "keep")
 
@@ -63,35 +63,22 @@ def perturb(
 # =====================================================================================
 # Shared machinery
 # =====================================================================================
-def _relative_step(step_size: float | str | None, rel_step_size: float | None, eps: float, default: float) -> float:
-    """Step size as a multiple of eps (so an eps warm-up scales the step too)."""
+def relative_step(step_size: float | str | None, rel_step_size: float | None, eps: float, default: float) -> float:
+    """Step size as a multiple of eps (so an eps warm-up scales the step too): from an
+    absolute ``step_size`` (fractions such as ``"2/255"`` accepted) or ``rel_step_size``
+    (default ``default``); both given is refused."""
     if step_size is not None and rel_step_size is not None:
         raise ConfigError("give step_size (absolute) or rel_step_size (relative to eps), not both.")
     if step_size is not None:
-        s = parse_eps(step_size)
-        if not (s > 0 and math.isfinite(s)):
-            raise ConfigError(f"step_size must be a positive number, got {step_size!r}.")
+        s = check_float(parse_eps(step_size) if isinstance(step_size, str) else step_size, "step_size",
+                        low=0.0, low_open=True)
         return s / eps if eps > 0 else 0.0
-    rel = default if rel_step_size is None else float(rel_step_size)
-    if not (rel > 0 and math.isfinite(rel)):
-        raise ConfigError(f"rel_step_size must be a positive number, got {rel_step_size!r}.")
-    return rel
+    if rel_step_size is None:
+        return default
+    return check_float(rel_step_size, "rel_step_size", low=0.0, low_open=True)
 
 
-def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be an int >= 1, got {steps!r}.")
-    return steps
-
-
-def _nonneg(name: str, value: float) -> float:
-    v = float(value)
-    if not (v >= 0 and math.isfinite(v)):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return v
-
-
-def _kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(clean) || softmax(adv))`` per sample (gradient through both)."""
     log_p = clean_logits.log_softmax(1)
     return (log_p.exp() * (log_p - adv_logits.log_softmax(1))).sum(1)
@@ -122,11 +109,8 @@ class AdversarialObjective(Objective):
         self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
         self.loss_params = lp
         self.threat = ThreatModel(norm, parse_eps(eps))  # validates norm and eps
-        self.eps_warmup = _nonneg("eps_warmup", eps_warmup)
-        mode = self.default_bn_mode if bn_mode is None else bn_mode
-        if mode not in BN_MODES:
-            raise ConfigError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}.")
-        self.bn_mode = mode
+        self.eps_warmup = check_float(eps_warmup, "eps_warmup", low=0.0)
+        self.bn_mode = check_choice(self.default_bn_mode if bn_mode is None else bn_mode, "bn_mode", BN_MODES)
         self.attack: _attacks.Attack | None = None
         self._params: dict[str, Any] = {}
 
@@ -162,6 +146,10 @@ class AdversarialObjective(Objective):
                 f"eps would never reach {self.threat.eps:g}. Shorten eps_warmup to at most {epochs} "
                 f"or train longer."
             )
+
+    def ramp_epochs(self) -> float:
+        """The eps warm-up (``eps_warmup`` epochs)."""
+        return self.eps_warmup
 
     def state_dict(self) -> dict[str, Any]:
         return {"criterion": self.criterion.state_dict()}
@@ -214,7 +202,7 @@ class AdversarialObjective(Objective):
 
 
 @torch.no_grad()
-def _clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def clean_accuracy_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample clean correctness in eval mode (no batch-norm update, no dropout draw)."""
     was = [(m, m.training) for m in model.modules()]
     model.eval()

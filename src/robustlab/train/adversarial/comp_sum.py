@@ -10,12 +10,11 @@ import torch
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
     AdversarialObjective,
-    _check_steps,
-    _nonneg,
-    _relative_step,
     make_attack,
+    relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
+from robustlab.validation import check_float, check_int
 
 
 @objectives.register("adv-comp-sum", aliases=("adversarial-comp-sum",))
@@ -64,9 +63,9 @@ class AdvCompSum(AdversarialObjective):
         bn_mode: str | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.nu = _nonneg("adv-comp-sum nu", nu)
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
+        self.nu = check_float(nu, "nu", low=0.0)
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
         self.attack = make_attack(
             "pgd", steps=self.steps, rel_step_size=self.rel_step, random_start=True, loss="logit-diff"
         )

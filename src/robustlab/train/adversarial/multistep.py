@@ -8,12 +8,12 @@ from typing import Any
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
     AdversarialObjective,
-    _check_steps,
-    _clean_accuracy,
-    _relative_step,
+    clean_accuracy_metric,
     make_attack,
+    relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
+from robustlab.validation import check_choice, check_int
 
 
 @objectives.register("pgd-at", aliases=("madry",))
@@ -54,10 +54,10 @@ class PGDAT(AdversarialObjective):
         clean_metrics: bool = True,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
-        self.random_start = bool(random_start)
-        self.clean_metrics = bool(clean_metrics)
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
+        self.random_start = bool(check_choice(random_start, "random_start", (True, False)))
+        self.clean_metrics = bool(check_choice(clean_metrics, "clean_metrics", (True, False)))
         self.attack = make_attack(
             "pgd", steps=self.steps, rel_step_size=self.rel_step, random_start=self.random_start, loss="ce"
         )
@@ -68,5 +68,5 @@ class PGDAT(AdversarialObjective):
         per = self._supervised(logits_adv, y, index)
         out = {"adv_accuracy": accuracy_metric(logits_adv, y)}
         if self.clean_metrics and metrics:
-            out["accuracy"] = _clean_accuracy(model, x, y)
+            out["accuracy"] = clean_accuracy_metric(model, x, y)
         return per, out

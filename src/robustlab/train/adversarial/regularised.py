@@ -3,22 +3,20 @@ a clean or boosted term plus a ``beta``-weighted KL term."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from robustlab.errors import ConfigError
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
     AdversarialObjective,
-    _check_steps,
-    _kl_per_sample,
-    _relative_step,
+    kl_per_sample,
     make_attack,
+    relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
+from robustlab.validation import check_float, check_int
 
 
 class _BetaPGDObjective(AdversarialObjective):
@@ -44,11 +42,10 @@ class _BetaPGDObjective(AdversarialObjective):
         bn_mode: str | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.beta = float(beta)
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"{type(self).__name__} beta must be a finite number >= 0 (it weighs the KL term), got {beta!r}.")
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.007 / 0.031)
+        self.beta = check_float(beta, "beta", low=0.0)
+        init_std = None if init_std is None else check_float(init_std, "init_std", low=0.0)
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.007 / 0.031)
         self.attack = make_attack(
             "pgd",
             steps=self.steps,
@@ -89,7 +86,7 @@ class TRADES(_BetaPGDObjective):
         logits = model(x)
         logits_adv = model(x_adv)
         natural = self._supervised(logits, y, index)
-        kl = _kl_per_sample(logits, logits_adv)
+        kl = kl_per_sample(logits, logits_adv)
         per = natural + self.beta * kl
         return per, {
             "accuracy": accuracy_metric(logits, y),

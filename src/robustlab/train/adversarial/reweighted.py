@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from robustlab.errors import ConfigError
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
     AdversarialObjective,
-    _check_steps,
-    _clean_accuracy,
-    _relative_step,
+    clean_accuracy_metric,
     make_attack,
+    relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
+from robustlab.validation import check_choice, check_float, check_int
 
 
 def done_weights(losses: torch.Tensor, r: float) -> torch.Tensor:
@@ -25,8 +23,7 @@ def done_weights(losses: torch.Tensor, r: float) -> torch.Tensor:
     ``max_{w in simplex} sum_i w_i l_i - r KL(w || uniform)``, i.e.
     ``w = softmax(l / r)`` (computed stably; sums to 1, uniform as ``r -> inf``, one-hot
     on the largest loss as ``r -> 0``)."""
-    if not (r > 0):
-        raise ConfigError(f"the DONE temperature r must be > 0, got {r!r}.")
+    check_float(r, "r (the DONE temperature)", low=0.0, low_open=True)
     return torch.softmax(losses.detach().double() / r, dim=0).to(losses.dtype)
 
 
@@ -72,14 +69,12 @@ class DONE(AdversarialObjective):
         bn_mode: str | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        r = float(r)
-        if not (r > 0 and not math.isnan(r)):
-            raise ConfigError(f"the DONE temperature r must be > 0 (r -> 0 weights only the worst example), got {r!r}.")
-        self.r = r
-        self.steps = _check_steps(steps)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
+        self.r = check_float(r, "r (the DONE temperature; r -> 0 weights only the worst example)", low=0.0, low_open=True)
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
         self.attack = make_attack(
-            "pgd", steps=self.steps, rel_step_size=self.rel_step, random_start=bool(random_start), loss="ce"
+            "pgd", steps=self.steps, rel_step_size=self.rel_step,
+            random_start=check_choice(random_start, "random_start", (True, False)), loss="ce"
         )
         self._record_params(locals())
 
@@ -90,7 +85,7 @@ class DONE(AdversarialObjective):
         entropy = -(torch.xlogy(w, w)).sum()
         return per * w * len(per), {
             "adv_accuracy": accuracy_metric(logits_adv, y),
-            "accuracy": _clean_accuracy(model, x, y),
+            "accuracy": clean_accuracy_metric(model, x, y),
             "done_entropy": entropy.detach(),
             "done_max_weight": w.max().detach(),
         }

@@ -3,7 +3,6 @@ Flammarion 2020) and AAER (Lin et al. 2023), with the optional catastrophic-over
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +16,14 @@ from robustlab.errors import ConfigError
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
     AdversarialObjective,
-    _clean_accuracy,
-    _nonneg,
-    _relative_step,
+    clean_accuracy_metric,
     make_attack,
     perturb,
+    relative_step,
 )
 from robustlab.train.monitors import CatastrophicOverfittingCheck, EpochVerdict
 from robustlab.train.objectives import accuracy_metric, objectives
+from robustlab.validation import check_choice, check_float
 
 
 class _SingleStep(AdversarialObjective):
@@ -35,7 +34,7 @@ class _SingleStep(AdversarialObjective):
     def _init_co(
         self, co_check: bool, co_threshold: float, co_action: str, co_steps: int, co_batch_size: int | None
     ) -> None:
-        self.co_check = bool(co_check)
+        self.co_check = bool(check_choice(co_check, "co_check", (True, False)))
         self.co = (
             CatastrophicOverfittingCheck(co_threshold, co_action, steps=co_steps, batch_size=co_batch_size)
             if self.co_check
@@ -103,7 +102,7 @@ class FGSMRS(_SingleStep):
         co_batch_size: int | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.rel_step = _relative_step(step_size, rel_step_size, self.threat.eps, 1.25)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 1.25)
         self.attack = make_attack("pgd", steps=1, rel_step_size=self.rel_step, random_start=True, loss="ce")
         self._init_co(co_check, co_threshold, co_action, co_steps, co_batch_size)
         self._record_params(locals())
@@ -112,7 +111,7 @@ class FGSMRS(_SingleStep):
         logits_adv = model(x_adv)
         return self._supervised(logits_adv, y, index), {
             "adv_accuracy": accuracy_metric(logits_adv, y),
-            "accuracy": _clean_accuracy(model, x, y),
+            "accuracy": clean_accuracy_metric(model, x, y),
         }
 
 
@@ -177,7 +176,7 @@ class GradAlign(_SingleStep):
         co_batch_size: int | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.lam = _nonneg("GradAlign lam", lam)
+        self.lam = check_float(lam, "lam", low=0.0)
         self.attack = make_attack("fgsm", loss="ce")
         self._init_co(co_check, co_threshold, co_action, co_steps, co_batch_size)
         self._record_params(locals())
@@ -185,7 +184,7 @@ class GradAlign(_SingleStep):
     def outer(self, model, x, x_adv, y, index, *, metrics=True):  # type: ignore[no-untyped-def]
         logits_adv = model(x_adv)
         per = self._supervised(logits_adv, y, index)
-        metrics = {"adv_accuracy": accuracy_metric(logits_adv, y), "accuracy": _clean_accuracy(model, x, y)}
+        metrics = {"adv_accuracy": accuracy_metric(logits_adv, y), "accuracy": clean_accuracy_metric(model, x, y)}
         threat = self.current_threat()
         if self.lam > 0 and threat.eps > 0:
             bounds = _attack_base.model_bounds(model)
@@ -261,14 +260,12 @@ class AAER(_SingleStep):
         co_batch_size: int | None = None,
     ) -> None:
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
-        self.lam1 = _nonneg("AAER lam1", lam1)
-        self.lam2 = _nonneg("AAER lam2", lam2)
-        self.lam3 = _nonneg("AAER lam3", lam3)
-        self.noise = _nonneg("AAER noise", noise)
-        self.alpha = float(alpha)
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ConfigError(f"AAER alpha must be a positive number, got {alpha!r}.")
-        self.clip = bool(clip)
+        self.lam1 = check_float(lam1, "lam1", low=0.0)
+        self.lam2 = check_float(lam2, "lam2", low=0.0)
+        self.lam3 = check_float(lam3, "lam3", low=0.0)
+        self.noise = check_float(noise, "noise", low=0.0)
+        self.alpha = check_float(alpha, "alpha", low=0.0, low_open=True)
+        self.clip = bool(check_choice(clip, "clip", (True, False)))
         if self.threat.norm != "linf":
             raise ConfigError("aaer is defined for the linf threat model (sign steps and uniform box noise).")
         self.attack = make_attack("fgsm", loss="ce")
@@ -315,5 +312,5 @@ class AAER(_SingleStep):
         return per, {
             "aaer_count": abnormal.float(),
             "adv_accuracy": accuracy_metric(logits_adv, y),
-            "accuracy": _clean_accuracy(model, x, y),
+            "accuracy": clean_accuracy_metric(model, x, y),
         }

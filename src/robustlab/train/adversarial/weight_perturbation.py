@@ -13,8 +13,9 @@ from robustlab.attacks import ThreatModel
 from robustlab.errors import ConfigError
 from robustlab.losses import Loss
 from robustlab.registry import check_params
-from robustlab.train.adversarial.base import AdversarialObjective, _nonneg
+from robustlab.train.adversarial.base import AdversarialObjective
 from robustlab.train.objectives import Objective, objectives
+from robustlab.validation import check_float, check_int
 
 AWP_BASES = ("pgd-at", "trades")
 # (gamma, warm-up epochs) from the official code, csdongxian/AWP
@@ -77,11 +78,8 @@ class AWP(Objective):
                 "twice per step); use a stateless loss."
             )
         d_gamma, d_warm = _AWP_DEFAULTS[key]
-        self.gamma = _nonneg("AWP gamma", d_gamma if gamma is None else gamma)
-        w = d_warm if warmup is None else warmup
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ConfigError(f"AWP warmup must be an int >= 0 (epochs without weight perturbation), got {warmup!r}.")
-        self.warmup = w
+        self.gamma = check_float(d_gamma if gamma is None else gamma, "gamma", low=0.0)
+        self.warmup = check_int(d_warm if warmup is None else warmup, "warmup (epochs without weight perturbation)", minimum=0)
         self.base_name = key
         self.epoch = 0
         self._proxy: nn.Module | None = None
@@ -108,6 +106,9 @@ class AWP(Objective):
     def set_progress(self, epoch: float, total_epochs: int) -> None:
         super().set_progress(epoch, total_epochs)
         self.base.set_progress(epoch, total_epochs)
+
+    def ramp_epochs(self) -> float:
+        return self.base.ramp_epochs()
 
     def check_training(self, epochs: int) -> None:
         self.base.check_training(epochs)

@@ -105,3 +105,14 @@ def test_bounds_of_the_intervals():
     assert create("pgd", l1_sparsity=1.0).l1_sparsity == 1.0
     assert create("fab", alpha_max=0.0, beta=1.0).alpha_max == 0.0
     assert create("cw-l2", kappa=0.0).kappa == 0.0 and create("pgd", init_std=0.0).init_std == 0.0
+
+
+def test_the_old_helper_names_are_thin_aliases_of_the_shared_validators():
+    from robustlab.attacks.base import float_param, int_param
+
+    assert int_param("steps", 3, 1) == 3 and float_param("lr", 0.5) == 0.5
+    for call in (lambda: int_param("steps", 2.5, 1), lambda: int_param("steps", True, 1),
+                 lambda: float_param("lr", True), lambda: float_param("lr", "0.1"),
+                 lambda: float_param("lr", 0.0)):
+        with pytest.raises(ConfigError):
+            call()

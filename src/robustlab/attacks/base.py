@@ -41,7 +41,6 @@ objectives and the engine (``from robustlab.attacks.base import AttackResult`` k
 working), whose modules never import this one.
 """
 
-
 from __future__ import annotations
 
 import inspect

@@ -178,3 +178,53 @@ def test_bad_noise_requests_are_refused(labels, kwargs, error, match):
 def test_labels_out_of_range_refused():
     with pytest.raises(LabelError):
         noise.corrupt_labels(torch.tensor([0, 1, 10]), "symmetric", 0.2, 10, seed=0)
+
+
+# -- every noise model's numbers go through robustlab.validation -----------------------------
+
+_SMALL = torch.arange(40) % 4
+# options each kind needs to run at all
+_NEEDS = {
+    "matrix": {"T": np.full((4, 4), 0.25)},
+    "instance": {"features": np.random.default_rng(0).random((40, 3))},
+    "asymmetric": {"class_map": {0: 1}},
+}
+_NOT_A_RATE = [True, False, float("nan"), float("inf"), "0.2", [0.2], 1.0, -0.1]
+_NOT_AN_INT = [True, 2.5, "3", None, float("nan")]
+_NOT_A_FLAG = [1, 0, "yes", None]
+
+
+@pytest.mark.parametrize("kind", noise.available())
+def test_every_noise_model_refuses_parameters_of_the_wrong_kind(kind):
+    base = {"rate": 0.2 if kind != "matrix" else None, **_NEEDS.get(kind, {})}
+
+    def run(**changes):
+        args = {**base, **changes}
+        return noise.corrupt_labels(_SMALL, kind, args.pop("rate"), args.pop("num_classes", 4),
+                                    seed=args.pop("seed", 0), exact=args.pop("exact", False), **args)
+
+    run()  # the base call is valid
+    for value in _NOT_A_RATE:
+        with pytest.raises(ConfigError, match=rf"^{kind} noise rate must be a"):
+            run(rate=value)
+    for param in ("seed", "num_classes"):
+        for value in _NOT_AN_INT:
+            with pytest.raises(ConfigError, match=rf"^{param} must be an integer"):
+                run(**{param: value})
+    for value in _NOT_A_FLAG:
+        with pytest.raises(ConfigError, match=r"^exact must be True or False"):
+            run(exact=value)
+
+
+def test_per_kind_options_are_validated_too():
+    feats = np.random.default_rng(0).random((40, 3))
+    for value in (True, float("nan"), 0.0, -0.1, "0.1"):
+        with pytest.raises(ConfigError, match="^instance noise std must be a"):
+            noise.corrupt_labels(_SMALL, "instance", 0.2, 4, features=feats, std=value)
+    for value in (1, "yes", None):
+        with pytest.raises(ConfigError, match="^symmetric noise include_true_class must be True or False"):
+            noise.corrupt_labels(_SMALL, "symmetric", 0.2, 4, include_true_class=value)
+    # integral floats from YAML are accepted as the integers they are
+    a = noise.corrupt_labels(_SMALL, "symmetric", 0.2, 4.0, seed=3.0)
+    b = noise.corrupt_labels(_SMALL, "symmetric", 0.2, 4, seed=np.int64(3))
+    assert torch.equal(a.noisy_labels, b.noisy_labels) and a.seed == 3

@@ -1,7 +1,9 @@
 """Every loss: reductions agree, parameters round-trip, bad parameters are refused naming them."""
 
 import inspect
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +155,73 @@ def test_bad_batches_are_refused():
         loss(z.unsqueeze(2), y)
     # int32 labels are accepted (converted to int64)
     assert torch.equal(loss(z, y.int()), loss(z, y))
+
+
+# -- registry-wide: one set of validators, labels inside [0, K) --------------------------
+
+
+def test_every_registered_loss_derives_from_the_checked_base_class():
+    for name in losses.available():
+        assert issubclass(losses.losses.get(name), losses.Loss), name
+
+
+NOT_A_FLOAT = [True, False, float("nan"), float("inf"), -float("inf"), "0.7", None, [0.5]]
+NOT_AN_INT = [True, 2.5, "3", float("nan"), None]
+NOT_A_FLAG = [1, 0, "yes", None]
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_every_parameter_refuses_values_of_the_wrong_kind(name):
+    """Floats refuse booleans, NaN, inf and strings; ints refuse booleans and fractions;
+    flags refuse 1/0; all with a ConfigError that names the loss and the parameter."""
+    params = {**constructor_params(name), "reduction": "mean"}
+    for param, default in params.items():
+        if isinstance(default, bool):
+            bad = NOT_A_FLAG
+        elif isinstance(default, int):
+            bad = NOT_AN_INT
+        elif isinstance(default, float):
+            bad = NOT_A_FLOAT
+        else:
+            assert param == "reduction", (name, param)
+            bad = ["avg", True, None]
+        for value in bad:
+            with pytest.raises(ConfigError, match=f"^loss {re.escape(repr(name))}: {param}\\b"):
+                losses.create(name, **{param: value})
+
+
+def test_numbers_are_normalised_by_the_validators():
+    assert losses.create("gce", q=1).q == 1.0 and isinstance(losses.create("gce", q=1).q, float)
+    lq = losses.create("truncated-lq", prune_start=40.0, prune_every=np.int64(5))
+    assert (lq.prune_start, lq.prune_every) == (40, 5)
+    assert type(lq.prune_start) is int and type(lq.prune_every) is int
+    with pytest.raises(ConfigError, match=r"loss 'rce': A \(the stand-in for log 0.*\(-inf, 0\)"):
+        losses.create("rce", A=0.0)
+
+
+def _call(loss, z, y):
+    return loss(z, y, torch.arange(len(y))) if loss.needs_indices else loss(z, y)
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_every_loss_refuses_labels_outside_the_classes(name):
+    z = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss = losses.create(name, reduction="none")
+    _call(loss, z, torch.tensor([0, 1, 2, 3, 4, 4]))  # in range: fine
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    for y, lo, hi in [
+        (torch.tensor([0, 1, 2, 3, 4, 5]), 0, 5),  # K itself
+        (torch.tensor([-1, 1, 2, 3, 4, 0]), -1, 4),  # negative
+        (torch.tensor([0, 1, 2, 3, 4, 1000]), 0, 1000),
+    ]:
+        with pytest.raises(LabelError) as info:
+            _call(loss, z, y)
+        assert str(info.value).startswith(
+            f"loss {name!r}: target has labels in [{lo}, {hi}] but the model/dataset has 5 "
+            f"classes, so labels must lie in [0, 4]."
+        )
+    with pytest.raises(LabelError, match="integer"):
+        _call(loss, z, torch.tensor([0.0, 1, 2, 3, 4, 1]))
+    # a refused batch leaves per-sample state untouched
+    after = loss.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

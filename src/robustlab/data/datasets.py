@@ -48,6 +48,7 @@ from robustlab.data import readers
 from robustlab.data.base import Dataset
 from robustlab.errors import ConfigError, DataError, DataNotFoundError, LabelError
 from robustlab.registry import Registry
+from robustlab.validation import check_float, check_int
 
 datasets: Registry[Dataset] = Registry("dataset")
 
@@ -101,17 +102,14 @@ def default_root(name: str) -> Path:
 
 
 def _n_test(test_size: int | float, n: int) -> int:
-    if isinstance(test_size, (bool, np.bool_)) or not isinstance(
-        test_size, (int, float, np.integer, np.floating)
-    ):
-        raise ConfigError(f"test_size must be an int count or a float fraction, got {test_size!r}.")
     if isinstance(test_size, (float, np.floating)):
-        if not 0.0 < float(test_size) < 1.0:
-            raise ConfigError(f"a fractional test_size must lie in (0, 1), got {test_size}.")
+        frac = check_float(
+            test_size, "test_size (a fraction)", low=0.0, high=1.0, low_open=True, high_open=True
+        )
         # ceil, like scikit-learn; rounding first removes float noise (0.2 * 10000 = 2000).
-        k = math.ceil(round(float(test_size) * n, 9))
+        k = math.ceil(round(frac * n, 9))
     else:
-        k = int(test_size)
+        k = check_int(test_size, "test_size (an int count or a float fraction)", minimum=1)
     if not 1 <= k <= n - 1:
         raise ConfigError(
             f"test_size={test_size} gives {k} test samples out of {n}; both parts must be "
@@ -121,9 +119,7 @@ def _n_test(test_size: int | float, n: int) -> int:
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative int, got {seed!r}.")
-    return int(seed)
+    return check_int(seed, "seed", minimum=0)
 
 
 def stratified_split(

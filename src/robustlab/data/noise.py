@@ -61,6 +61,7 @@ import torch
 
 from robustlab.errors import ConfigError, LabelError
 from robustlab.registry import Registry, check_params
+from robustlab.validation import check_float, check_int
 
 NoiseFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -138,14 +139,18 @@ def _as_numpy_labels(y: Any, num_classes: int) -> np.ndarray:
 
 
 def _check_rate(rate: Any, kind: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"noise rate must be a number in [0, 1), got {rate!r}.")
-    r = float(rate)
-    if not 0.0 <= r < 1.0:
-        raise ConfigError(
-            f"{kind} noise rate must lie in [0, 1), got {r}; a rate of 1 would replace every label."
-        )
-    return r
+    return check_float(rate, f"{kind} noise rate", low=0.0, high=1.0, high_open=True)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused).
+
+    robustlab.validation has no flag validator yet; same rule and message as the losses'
+    and attacks' ``check_bool``.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    return value
 
 
 def _draw_from_rows(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -269,6 +274,7 @@ def symmetric(
     include_true_class: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Uniform flips to the other classes (or to all classes with ``include_true_class``)."""
+    include_true_class = _check_flag(include_true_class, "symmetric noise include_true_class")
     K = num_classes
     if K < 2:
         raise ConfigError("label noise needs at least 2 classes.")
@@ -378,6 +384,8 @@ def instance(
     """Instance-dependent noise of Xia et al. 2020 (see the module docstring)."""
     from scipy import stats
 
+    std = check_float(std, "instance noise std", low=0.0, low_open=True)
+
     if features is None:
         raise ConfigError(
             "instance noise needs the option features: an (N, S) array, e.g. the flattened images."
@@ -446,19 +454,18 @@ def corrupt_labels(
     fn = noise_models.get(kind)
     name = noise_models.canonical(kind)
     check_params(fn, options, what=f"noise model {name!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}.")
-    labels = _as_numpy_labels(y, int(num_classes))
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
+    exact = _check_flag(exact, "exact")
+    labels = _as_numpy_labels(y, num_classes)
     if name == "matrix":
         r = 0.0 if rate is None else _check_rate(rate, name)
     else:
         if rate is None:
             raise ConfigError(f"{name} noise needs a rate in [0, 1).")
         r = _check_rate(rate, name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative int, got {seed!r}.")
-    rng = np.random.default_rng(int(seed))
-    noisy, T = fn(labels, r, int(num_classes), rng, bool(exact), **options)
+    seed = check_int(seed, "seed", minimum=0)
+    rng = np.random.default_rng(seed)
+    noisy, T = fn(labels, r, num_classes, rng, exact, **options)
     if name == "matrix" and rate:
         pi = np.bincount(labels, minlength=num_classes) / max(len(labels), 1)
         implied = float((pi * (1 - np.diag(T))).sum())

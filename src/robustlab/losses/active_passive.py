@@ -20,25 +20,19 @@ from __future__ import annotations
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, check_bool, check_range, losses
+from robustlab.losses.base import Loss, check_bool, losses, param_name
+from robustlab.validation import check_float
 
 
 class _ActivePassive(Loss):
     """Shared checks for the ``alpha * active + beta * passive`` combinations."""
 
     def _weights(self, alpha: float, beta: float) -> None:
-        self.alpha = check_range(self, "alpha", alpha, low=0.0)
-        self.beta = check_range(self, "beta", beta, low=0.0)
+        self.alpha = check_float(alpha, param_name(self, "alpha"), low=0.0)
+        self.beta = check_float(beta, param_name(self, "beta"), low=0.0)
 
     def _a(self, A: float) -> float:
-        return check_range(
-            self,
-            "A",
-            A,
-            high=0.0,
-            high_open=True,
-            hint="A stands for log(0); the official value is ln(1e-4).",
-        )
+        return check_float(A, param_name(self, "A", Fn.RCE_A_NOTE), high=0.0, high_open=True)
 
 
 @losses.register("nce+rce", aliases=("nce_rce", "nceandrce"))
@@ -87,8 +81,8 @@ class NFLandRCE(_ActivePassive):
     ) -> None:
         super().__init__(reduction)
         self._weights(alpha, beta)
-        self.gamma = check_range(self, "gamma", gamma, low=0.0)
-        self.detach = check_bool(self, "detach", detach)
+        self.gamma = check_float(gamma, param_name(self, "gamma"), low=0.0)
+        self.detach = check_bool(detach, param_name(self, "detach"))
         self.A = self._a(A)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -110,8 +104,8 @@ class NFLandMAE(_ActivePassive):
     ) -> None:
         super().__init__(reduction)
         self._weights(alpha, beta)
-        self.gamma = check_range(self, "gamma", gamma, low=0.0)
-        self.detach = check_bool(self, "detach", detach)
+        self.gamma = check_float(gamma, param_name(self, "gamma"), low=0.0)
+        self.detach = check_bool(detach, param_name(self, "detach"))
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         active = Fn.nfl(logits, target, self.gamma, self.detach)
@@ -136,7 +130,7 @@ class NGCEandRCE(_ActivePassive):
     ) -> None:
         super().__init__(reduction)
         self._weights(alpha, beta)
-        self.q = check_range(self, "q", q, low=0.0, high=1.0, low_open=True)
+        self.q = check_float(q, param_name(self, "q"), low=0.0, high=1.0, low_open=True)
         self.A = self._a(A)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -154,7 +148,7 @@ class NGCEandMAE(_ActivePassive):
     ) -> None:
         super().__init__(reduction)
         self._weights(alpha, beta)
-        self.q = check_range(self, "q", q, low=0.0, high=1.0, low_open=True)
+        self.q = check_float(q, param_name(self, "q"), low=0.0, high=1.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.alpha * Fn.ngce(logits, target, self.q) + self.beta * Fn.mae(logits, target)

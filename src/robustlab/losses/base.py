@@ -1,8 +1,12 @@
 """Base classes, parameter checks and the registry of classification losses.
 
 Every loss is a :class:`Loss`: an ``nn.Module`` on logits ``(N, K)`` and integer targets
-``(N,)`` whose subclasses implement :meth:`Loss.per_sample`; the base class applies the
-reduction (``"mean"``, ``"sum"`` or ``"none"``).
+``(N,)`` in ``[0, K)`` whose subclasses implement :meth:`Loss.per_sample`; the base class
+checks the batch (float, negative or out-of-range targets raise
+:class:`~robustlab.errors.LabelError` naming the range) and applies the reduction
+(``"mean"``, ``"sum"`` or ``"none"``). Parameters are checked with
+:mod:`robustlab.validation` (``check_float``, ``check_int``, ``check_choice``), named by
+:func:`param_name`.
 
 Stateful losses (the optional protocol)
 ---------------------------------------
@@ -36,7 +40,6 @@ use), so a caller does not have to move the loss to the model's device.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -45,6 +48,7 @@ from torch import nn
 
 from robustlab.errors import ConfigError, InvalidInputError, LabelError, ShapeMismatchError
 from robustlab.registry import Registry
+from robustlab.validation import check_choice, check_int, check_labels
 
 losses: Registry[nn.Module] = Registry("loss")
 
@@ -72,11 +76,7 @@ class Loss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(
-                f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}."
-            )
-        self.reduction = reduction
+        self.reduction = check_choice(reduction, param_name(self, "reduction"), _REDUCTIONS)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -120,7 +120,13 @@ class Loss(nn.Module):
 
 
 def _check_batch(loss: Loss, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Shape/dtype checks that need no device synchronisation; returns int64 targets."""
+    """Refuse logits and targets that break the loss's contract; returns int64 targets.
+
+    Dtype and shape checks need no device synchronisation; the label range does (one
+    ``min``/``max`` of the targets, :func:`robustlab.validation.check_labels`): targets
+    outside ``[0, K)`` would otherwise index out of bounds (an ``IndexError`` on CPU, a
+    device-side assert on CUDA) or silently mix in garbage (the one-hot losses).
+    """
     name = _loss_name(loss)
     if not isinstance(logits, torch.Tensor) or not torch.is_floating_point(logits):
         raise InvalidInputError(
@@ -146,60 +152,28 @@ def _check_batch(loss: Loss, logits: torch.Tensor, target: torch.Tensor) -> torc
             f"loss {name!r}: targets have shape {tuple(target.shape)} for logits of shape "
             f"{tuple(logits.shape)}; expected ({logits.shape[0]},)."
         )
+    check_labels(target, logits.shape[1], name=f"loss {name!r}: target")
     return target.long()
 
 
 # -- parameter checks -------------------------------------------------------------------
-def check_range(
-    owner: object,
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    hint: str = "",
-) -> float:
-    """Return ``float(value)`` or raise :class:`ConfigError` naming the parameter.
+# Numbers go through robustlab.validation (check_float / check_int / check_choice), the
+# validators every room shares; ``param_name`` puts the loss's name in their messages.
 
-    ``low``/``high`` bound the accepted interval (``None`` = unbounded); ``*_open`` makes
-    a bound exclusive.
+
+def param_name(owner: object, name: str, note: str = "") -> str:
+    """``"loss 'gce': q"`` (plus `` (note)``): how a loss names a parameter in its errors."""
+    return f"loss {_loss_name(owner)!r}: {name}" + (f" ({note})" if note else "")
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused).
+
+    robustlab.validation has no flag validator yet; this is the same rule and message as
+    ``robustlab.attacks.base.check_bool``.
     """
-    who = f"loss {_loss_name(owner)!r}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{who}: {name} must be a number, got {type(value).__name__} {value!r}.")
-    v = float(value)
-    lo_txt = "(" if low_open or low is None else "["
-    hi_txt = ")" if high_open or high is None else "]"
-    interval = f"{lo_txt}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{hi_txt}"
-    bad = not math.isfinite(v)
-    if low is not None and (v < low or (low_open and v == low)):
-        bad = True
-    if high is not None and (v > high or (high_open and v == high)):
-        bad = True
-    if bad:
-        raise ConfigError(
-            f"{who}: {name} must lie in {interval}, got {value!r}.{' ' + hint if hint else ''}"
-        )
-    return v
-
-
-def check_bool(owner: object, name: str, value: Any) -> bool:
-    """Return ``value`` if it is a bool, else raise :class:`ConfigError` naming it."""
     if not isinstance(value, bool):
-        raise ConfigError(
-            f"loss {_loss_name(owner)!r}: {name} must be True or False, got {value!r}."
-        )
-    return value
-
-
-def check_int(owner: object, name: str, value: Any, *, low: int) -> int:
-    """Return ``value`` if it is an int ``>= low``, else raise :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(
-            f"loss {_loss_name(owner)!r}: {name} must be an integer >= {low}, got {value!r}."
-        )
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
     return value
 
 
@@ -233,8 +207,8 @@ class StatefulLoss(Loss):
 
     def setup(self, num_samples: int, num_classes: int) -> None:
         """Allocate fresh per-sample state for ``num_samples`` samples and fix its size."""
-        n = check_int(self, "num_samples", num_samples, low=1)
-        k = check_int(self, "num_classes", num_classes, low=2)
+        n = check_int(num_samples, param_name(self, "num_samples"), minimum=1)
+        k = check_int(num_classes, param_name(self, "num_classes"), minimum=2)
         self._num_samples, self._num_classes = n, k
         for name, (_, dtype) in self.per_sample_state.items():
             buf = getattr(self, name)

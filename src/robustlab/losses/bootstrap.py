@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, check_bool, check_range, losses
+from robustlab.losses.base import Loss, check_bool, losses, param_name
+from robustlab.validation import check_float
 
 
 @losses.register("bootstrap-soft", aliases=("bootstrap_soft", "soft_bootstrap"))
@@ -35,8 +36,8 @@ class BootstrapSoft(Loss):
         self, beta: float = 0.95, detach_target: bool = False, reduction: str = "mean"
     ) -> None:
         super().__init__(reduction)
-        self.beta = check_range(self, "beta", beta, low=0.0, high=1.0)
-        self.detach_target = check_bool(self, "detach_target", detach_target)
+        self.beta = check_float(beta, param_name(self, "beta"), low=0.0, high=1.0)
+        self.detach_target = check_bool(detach_target, param_name(self, "detach_target"))
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.bootstrap_soft(logits, target, self.beta, self.detach_target)
@@ -51,7 +52,7 @@ class BootstrapHard(Loss):
 
     def __init__(self, beta: float = 0.8, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.beta = check_range(self, "beta", beta, low=0.0, high=1.0)
+        self.beta = check_float(beta, param_name(self, "beta"), low=0.0, high=1.0)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.bootstrap_hard(logits, target, self.beta)

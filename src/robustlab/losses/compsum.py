@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, check_range, losses
+from robustlab.losses.base import Loss, losses, param_name
+from robustlab.validation import check_float
 
 
 @losses.register("comp-sum", aliases=("comp_sum", "compsum"))
@@ -32,7 +33,7 @@ class CompSum(Loss):
 
     def __init__(self, tau: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.tau = check_range(self, "tau", tau, low=0.0)
+        self.tau = check_float(tau, param_name(self, "tau"), low=0.0)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.comp_sum(logits, target, self.tau)

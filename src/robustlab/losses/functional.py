@@ -18,6 +18,8 @@ import torch.nn.functional as F
 LOG_P_MIN = math.log(1e-7)
 #: ``ln(1e-4)``: RCE's ``log 0`` stand-in, from clamping the one-hot label to ``[1e-4, 1]``.
 RCE_A = math.log(1e-4)
+#: How parameter errors describe ``A`` (RCE and the pairs with RCE).
+RCE_A_NOTE = "the stand-in for log 0; official value ln(1e-4)"
 
 
 def gather(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ from typing import ClassVar
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, StatefulLoss, check_bool, check_range, losses
+from robustlab.losses.base import Loss, StatefulLoss, check_bool, losses, param_name
+from robustlab.validation import check_float
 
 
 @losses.register("ldr-kl", aliases=("ldr_kl", "ldr"))
@@ -53,10 +54,10 @@ class LDRKL(Loss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction)
-        self.lam = check_range(self, "lam", lam, low=0.0, low_open=True)
-        self.margin = check_range(self, "margin", margin, low=0.0)
-        self.normalize = check_bool(self, "normalize", normalize)
-        self.softplus = check_bool(self, "softplus", softplus)
+        self.lam = check_float(lam, param_name(self, "lam"), low=0.0, low_open=True)
+        self.margin = check_float(margin, param_name(self, "margin"), low=0.0)
+        self.normalize = check_bool(normalize, param_name(self, "normalize"))
+        self.softplus = check_bool(softplus, param_name(self, "softplus"))
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = Fn.ldr_logits(logits, self.softplus, self.normalize)
@@ -107,18 +108,16 @@ class ALDRKL(StatefulLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction)
-        self.lam0 = check_range(self, "lam0", lam0, low=0.0, low_open=True)
-        self.alpha = check_range(
-            self,
-            "alpha",
+        self.lam0 = check_float(lam0, param_name(self, "lam0"), low=0.0, low_open=True)
+        self.alpha = check_float(
             alpha,
+            param_name(self, "alpha", "> 1 keeps every per-sample lambda positive"),
             low=1.0,
             low_open=True,
-            hint="ALDR-KL needs alpha > 1 so that every per-sample lambda stays positive.",
         )
-        self.margin = check_range(self, "margin", margin, low=0.0)
-        self.normalize = check_bool(self, "normalize", normalize)
-        self.softplus = check_bool(self, "softplus", softplus)
+        self.margin = check_float(margin, param_name(self, "margin"), low=0.0)
+        self.normalize = check_bool(normalize, param_name(self, "normalize"))
+        self.softplus = check_bool(softplus, param_name(self, "softplus"))
 
     def _fill(self, name: str) -> float:
         return self.lam0

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, check_bool, check_range, losses
+from robustlab.losses.base import Loss, check_bool, losses, param_name
+from robustlab.validation import check_float
 
 
 @losses.register("mae", aliases=("mean_absolute_error",))
@@ -30,7 +31,7 @@ class MAE(Loss):
 
     def __init__(self, scale: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.scale = check_range(self, "scale", scale, low=0.0, low_open=True)
+        self.scale = check_float(scale, param_name(self, "scale"), low=0.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.mae(logits, target, self.scale)
@@ -50,7 +51,7 @@ class GCE(Loss):
 
     def __init__(self, q: float = 0.7, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.q = check_range(self, "q", q, low=0.0, high=1.0, low_open=True)
+        self.q = check_float(q, param_name(self, "q"), low=0.0, high=1.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.gce(logits, target, self.q)
@@ -73,15 +74,8 @@ class RCE(Loss):
 
     def __init__(self, A: float = Fn.RCE_A, scale: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.A = check_range(
-            self,
-            "A",
-            A,
-            high=0.0,
-            high_open=True,
-            hint="A stands for log(0); the official value is ln(1e-4).",
-        )
-        self.scale = check_range(self, "scale", scale, low=0.0, low_open=True)
+        self.A = check_float(A, param_name(self, "A", Fn.RCE_A_NOTE), high=0.0, high_open=True)
+        self.scale = check_float(scale, param_name(self, "scale"), low=0.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.rce(logits, target, self.A, self.scale)
@@ -102,16 +96,9 @@ class SCE(Loss):
         self, alpha: float = 0.1, beta: float = 1.0, A: float = Fn.RCE_A, reduction: str = "mean"
     ) -> None:
         super().__init__(reduction)
-        self.alpha = check_range(self, "alpha", alpha, low=0.0)
-        self.beta = check_range(self, "beta", beta, low=0.0)
-        self.A = check_range(
-            self,
-            "A",
-            A,
-            high=0.0,
-            high_open=True,
-            hint="A stands for log(0); the official value is ln(1e-4).",
-        )
+        self.alpha = check_float(alpha, param_name(self, "alpha"), low=0.0)
+        self.beta = check_float(beta, param_name(self, "beta"), low=0.0)
+        self.A = check_float(A, param_name(self, "A", Fn.RCE_A_NOTE), high=0.0, high_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.alpha * Fn.cross_entropy(logits, target) + self.beta * Fn.rce(
@@ -133,8 +120,8 @@ class Focal(Loss):
 
     def __init__(self, gamma: float = 2.0, detach: bool = False, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.gamma = check_range(self, "gamma", gamma, low=0.0)
-        self.detach = check_bool(self, "detach", detach)
+        self.gamma = check_float(gamma, param_name(self, "gamma"), low=0.0)
+        self.detach = check_bool(detach, param_name(self, "detach"))
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.focal(logits, target, self.gamma, self.detach)
@@ -151,7 +138,7 @@ class NCE(Loss):
 
     def __init__(self, scale: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.scale = check_range(self, "scale", scale, low=0.0, low_open=True)
+        self.scale = check_float(scale, param_name(self, "scale"), low=0.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.nce(logits, target, self.scale)
@@ -175,9 +162,9 @@ class NFL(Loss):
         self, gamma: float = 0.5, detach: bool = True, scale: float = 1.0, reduction: str = "mean"
     ) -> None:
         super().__init__(reduction)
-        self.gamma = check_range(self, "gamma", gamma, low=0.0)
-        self.detach = check_bool(self, "detach", detach)
-        self.scale = check_range(self, "scale", scale, low=0.0, low_open=True)
+        self.gamma = check_float(gamma, param_name(self, "gamma"), low=0.0)
+        self.detach = check_bool(detach, param_name(self, "detach"))
+        self.scale = check_float(scale, param_name(self, "scale"), low=0.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.nfl(logits, target, self.gamma, self.detach, self.scale)
@@ -195,8 +182,8 @@ class NGCE(Loss):
 
     def __init__(self, q: float = 0.7, scale: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.q = check_range(self, "q", q, low=0.0, high=1.0, low_open=True)
-        self.scale = check_range(self, "scale", scale, low=0.0, low_open=True)
+        self.q = check_float(q, param_name(self, "q"), low=0.0, high=1.0, low_open=True)
+        self.scale = check_float(scale, param_name(self, "scale"), low=0.0, low_open=True)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return Fn.ngce(logits, target, self.q, self.scale)

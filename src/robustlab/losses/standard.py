@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustlab.losses.base import Loss, check_range, losses
+from robustlab.losses.base import Loss, losses, param_name
+from robustlab.validation import check_float
 
 
 @losses.register("ce", aliases=("cross_entropy", "cross-entropy"))
@@ -27,8 +28,8 @@ class LabelSmoothing(Loss):
 
     def __init__(self, smoothing: float = 0.1, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.smoothing = check_range(
-            self, "smoothing", smoothing, low=0.0, high=1.0, high_open=True
+        self.smoothing = check_float(
+            smoothing, param_name(self, "smoothing"), low=0.0, high=1.0, high_open=True
         )
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,8 @@ from typing import ClassVar
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import StatefulLoss, check_int, check_range, losses
+from robustlab.losses.base import StatefulLoss, losses, param_name
+from robustlab.validation import check_float, check_int
 
 
 @losses.register("truncated-lq", aliases=("truncated_lq", "tlq", "truncated-gce"))
@@ -77,10 +78,12 @@ class TruncatedLq(StatefulLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction)
-        self.q = check_range(self, "q", q, low=0.0, high=1.0, low_open=True)
-        self.k = check_range(self, "k", k, low=0.0, high=1.0, low_open=True, high_open=True)
-        self.prune_start = check_int(self, "prune_start", prune_start, low=1)
-        self.prune_every = check_int(self, "prune_every", prune_every, low=1)
+        self.q = check_float(q, param_name(self, "q"), low=0.0, high=1.0, low_open=True)
+        self.k = check_float(
+            k, param_name(self, "k"), low=0.0, high=1.0, low_open=True, high_open=True
+        )
+        self.prune_start = check_int(prune_start, param_name(self, "prune_start"), minimum=1)
+        self.prune_every = check_int(prune_every, param_name(self, "prune_every"), minimum=1)
         # refresh bookkeeping: a sample is due for a refresh if refreshed_round < refresh_round
         self.register_buffer("refresh_round", torch.zeros((), dtype=torch.int64))
         self.register_buffer("last_refresh_epoch", torch.full((), -1, dtype=torch.int64))
@@ -100,7 +103,7 @@ class TruncatedLq(StatefulLoss):
         Calling it again for the same epoch (e.g. after resuming mid-epoch) does not open
         a second round, so samples already refreshed in that epoch are not refreshed twice.
         """
-        check_int(self, "epoch", epoch, low=0)
+        check_int(epoch, param_name(self, "epoch"), minimum=0)
         if self.is_refresh_epoch(epoch) and int(self.last_refresh_epoch) != epoch:
             self.refresh_round += 1
             self.last_refresh_epoch.fill_(epoch)

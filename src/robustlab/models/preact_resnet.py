@@ -21,6 +21,7 @@ from torch import nn
 from robustlab.errors import ConfigError
 from robustlab.models.layers import ZooModel
 from robustlab.models.registry import models
+from robustlab.validation import check_int
 
 
 class PreActBlock(nn.Module):
@@ -81,8 +82,7 @@ class PreActResNet18(ZooModel):
                 "preact_resnet18 is convolutional and needs image inputs: pass "
                 "in_channels=C and input_size=(H, W) (use 'mlp' for vector data)."
             )
-        if not isinstance(width, int) or width < 1:
-            raise ConfigError(f"preact_resnet18 width must be a positive int, got {width!r}.")
+        width = check_int(width, "preact_resnet18 width", minimum=1)
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,

@@ -36,6 +36,7 @@ from torch import nn
 from robustlab.errors import ConfigError
 from robustlab.models.layers import INPUT_BOUNDS
 from robustlab.registry import Registry, check_params
+from robustlab.validation import check_int
 
 models: Registry[nn.Module] = Registry("model")
 
@@ -167,13 +168,10 @@ def create(
     """
     canonical = models.canonical(name)  # UnknownNameError listing close matches
     factory = models.get(name)
-    if not _is_int(num_classes) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}.")
-    if not _is_int(in_channels) or in_channels < 1:
-        raise ConfigError(
-            f"in_channels must be a positive int (image channels, or the feature dimension "
-            f"of vector data), got {in_channels!r}."
-        )
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    in_channels = check_int(
+        in_channels, "in_channels (image channels, or the feature dimension of vectors)", minimum=1
+    )
     size = _size(input_size)
     params: dict[str, Any] = {
         "num_classes": int(num_classes),

@@ -18,6 +18,7 @@ from torch import nn
 from robustlab.errors import ConfigError
 from robustlab.models.layers import ZooModel, flat_features
 from robustlab.models.registry import models
+from robustlab.validation import check_float
 
 
 @models.register("small_cnn", aliases=("smallcnn",))
@@ -53,8 +54,7 @@ class SmallCNN(ZooModel):
                 "small_cnn is convolutional and needs image inputs: pass in_channels=C and "
                 "input_size=(H, W) (use 'mlp' for vector data)."
             )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"small_cnn dropout must lie in [0, 1), got {dropout!r}.")
+        dropout = check_float(dropout, "small_cnn dropout", low=0.0, high=1.0, high_open=True)
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,

@@ -19,6 +19,7 @@ from torch import nn
 from robustlab.errors import ConfigError
 from robustlab.models.layers import ZooModel, conv_init_fan_out
 from robustlab.models.registry import models
+from robustlab.validation import check_float, check_int
 
 
 class WideBasic(nn.Module):
@@ -113,17 +114,14 @@ class WideResNet(ZooModel):
                 "wide_resnet is convolutional and needs image inputs: pass in_channels=C and "
                 "input_size=(H, W) (use 'mlp' for vector data)."
             )
-        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
+        depth = check_int(depth, "wide_resnet depth", minimum=10)
+        if (depth - 4) % 6 != 0:
             raise ConfigError(
                 f"wide_resnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), "
                 f"got {depth!r}."
             )
-        if not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ConfigError(
-                f"wide_resnet widen_factor must be a positive int, got {widen_factor!r}."
-            )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"wide_resnet dropout must lie in [0, 1), got {dropout!r}.")
+        widen_factor = check_int(widen_factor, "wide_resnet widen_factor", minimum=1)
+        dropout = check_float(dropout, "wide_resnet dropout", low=0.0, high=1.0, high_open=True)
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,

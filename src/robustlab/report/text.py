@@ -50,10 +50,16 @@ NBSP = "\u00a0"
 
 
 def _wrap(text: str, width: int, indent: str = "", subsequent: str | None = None) -> list[str]:
-    lines = textwrap.wrap(text, width=width, initial_indent=indent,
-                          subsequent_indent=indent + "  " if subsequent is None else subsequent,
+    """``text`` wrapped at spaces (words joined by :data:`NBSP` stay together unless they
+    alone are wider than ``width``)."""
+    rest = indent + "  " if subsequent is None else subsequent
+    lines = textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=rest,
                           break_long_words=True, break_on_hyphens=False)
-    return [line.replace(NBSP, " ") for line in lines] or [""]
+    out = []
+    for i, line in enumerate(lines):
+        prefix = indent if i == 0 else rest
+        out.append(prefix + line[len(prefix):].lstrip(NBSP).replace(NBSP, " "))
+    return out or [""]
 
 
 def _mark(mark: str | None) -> str:
@@ -132,6 +138,7 @@ def _table_layout(view: TableView, width: int, numbered: bool) -> tuple[list[str
 
 def _blocks(view: TableView, width: int) -> list[str]:
     lines: list[str] = []
+    ind = "    " if width >= 40 else "  "
     clean_col = next(c for c in view.columns if c.id == "clean_accuracy")
     for rv in view.rows:
         r = rv.run
@@ -139,10 +146,10 @@ def _blocks(view: TableView, width: int) -> list[str]:
             lines.append("")
         lines.extend(_wrap(_name(r), width, subsequent=""))
         if r.weights:
-            lines.extend(_wrap(r.weights, width, "    "))
+            lines.extend(_wrap(r.weights, width, ind))
         if r.status != "done":
             first = (r.error or "").strip().splitlines()
-            lines.extend(_wrap(f"{r.status}" + (f": {first[0]}" if first else ""), width, "    "))
+            lines.extend(_wrap(f"{r.status}" + (f": {first[0]}" if first else ""), width, ind))
             continue
         clean = rv.cells["clean_accuracy"]
         parts = [f"clean{NBSP}{clean.text.replace(chr(0x2014), '-')}"
@@ -151,8 +158,8 @@ def _blocks(view: TableView, width: int) -> list[str]:
         for cid in EXTRA_COLUMNS:
             c = next((c for c in view.columns if c.id == cid), None)
             if c is not None:
-                parts.append(f"{c.title.replace(' (%)', '')}{NBSP}{_cell_text(rv.cells[cid])}".replace(" ", NBSP))
-        lines.extend(_wrap("; ".join(parts), width, "    "))
+                parts.append(f"{c.title.replace(' (%)', '')}{NBSP}{_cell_text(rv.cells[cid]).replace(' ', NBSP)}")
+        lines.extend(_wrap("; ".join(parts), width, ind))
         groups: dict[str, list[str]] = {}
         for c in view.robust_columns:
             rb = c.robust
@@ -166,7 +173,7 @@ def _blocks(view: TableView, width: int) -> list[str]:
             repeat = f" {c.lines[-1]}" if c.lines[-1].startswith("#") else ""
             groups.setdefault(head, []).append(f"eps={eps_text(rb.eps)}{repeat}{NBSP}{_cell_text(cell)}")
         for head, items in groups.items():
-            lines.extend(_wrap(f"{head}: " + ", ".join(items), width, "    "))
+            lines.extend(_wrap(f"{head}: " + ", ".join(items), width, ind))
     return lines
 
 
@@ -205,7 +212,7 @@ def _flag_lines(runs: Sequence[Run], width: int) -> list[str]:
     entries += [(r.label, ev.column, f) for r in runs for ev in r.robust for f in (ev.flags or [])]
     if not entries:
         return []
-    out = ["", "Flags (read them before trusting the numbers):"]
+    out = ["", *_wrap("Flags (read them before trusting the numbers):", width, subsequent="")]
     for label, what, flag in entries:
         out.extend(_wrap(f"! {label}, {what}: {flag}", width, subsequent="    "))
     return out

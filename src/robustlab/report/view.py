@@ -300,8 +300,10 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
     constants: list[tuple[str, str]] = []
     for cid, title, lines, numeric, value in _descriptive_specs(runs):
         texts = [value(r) for r in runs]
+        if all(t == MISSING for t in texts):
+            continue  # recorded for no run (e.g. training columns of evaluations)
         if cid != "id" and len(runs) >= 2 and len(set(texts)) == 1:
-            constants.append((title, texts[0] if texts[0] != MISSING else "not recorded"))
+            constants.append((title, texts[0]))
             continue
         columns.append(Column(cid, title, lines, numeric=numeric,
                               note="*" if cid == "test_accuracy_best" else None))

@@ -147,6 +147,13 @@ def check_float(
     return v
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
 def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     """One of ``choices`` (else a ConfigError listing them and the close matches)."""
     options = list(choices)
@@ -213,6 +220,7 @@ def default_device() -> str:
 
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_device",
     "check_float",

@@ -42,13 +42,13 @@ import math
 
 import torch
 
-from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.base import Attack, attacks
 from robustlab.attacks.engine import ActiveSet, AttackContext, BestTracker, is_success
 from robustlab.attacks.losses import CLEAN_LOSSES, attack_loss, loss_min_classes
 from robustlab.attacks.pgd import check_targets, ranked_targets
 from robustlab.attacks.threat import ThreatModel, _per_sample, draw, project_l1_box
 from robustlab.errors import ConfigError
-from robustlab.validation import check_float, check_int
+from robustlab.validation import check_bool, check_float, check_int
 
 
 # -- step-size control as pure, testable pieces ------------------------------------------

@@ -82,7 +82,14 @@ from robustlab.attacks.losses import (
 from robustlab.attacks.threat import Bounds, ThreatModel
 from robustlab.errors import ConfigError, InvalidInputError, RobustlabWarning, ShapeMismatchError
 from robustlab.registry import Registry
-from robustlab.validation import check_float, check_inputs, check_int, check_labels, check_shape
+from robustlab.validation import (
+    check_bool,
+    check_float,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_shape,
+)
 
 attacks: Registry[Attack] = Registry("attack")
 
@@ -98,13 +105,6 @@ class ProbabilityOutputWarning(AttackWarning):
 # -- parameters ----------------------------------------------------------------------------
 # Numbers are checked with robustlab.validation's check_int / check_float, like every other
 # room's. Flags have no shared validator yet, so the attacks share this one.
-def check_bool(value: object, name: str) -> bool:
-    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}.")
-    return value
-
-
 def int_param(name: str, value: object, minimum: int) -> int:
     """Deprecated alias of ``check_int(value, name, minimum=minimum)`` (kept importable)."""
     return check_int(value, name, minimum=minimum)

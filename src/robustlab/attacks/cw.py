@@ -39,11 +39,11 @@ import math
 
 import torch
 
-from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.base import Attack, attacks
 from robustlab.attacks.engine import ActiveSet, AttackContext
 from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel
-from robustlab.validation import check_float, check_int
+from robustlab.validation import check_bool, check_float, check_int
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8

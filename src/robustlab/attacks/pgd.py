@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.base import Attack, attacks
 from robustlab.attacks.engine import ActiveSet, AttackContext, BestTracker, is_success
 from robustlab.attacks.losses import CLEAN_LOSSES, attack_loss, loss_min_classes
 from robustlab.attacks.threat import ThreatModel, draw
 from robustlab.errors import ConfigError
-from robustlab.validation import check_float, check_int
+from robustlab.validation import check_bool, check_float, check_int
 
 
 def ranked_targets(clean_logits: torch.Tensor, y: torch.Tensor, k: int) -> list[torch.Tensor]:

@@ -28,11 +28,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from robustlab.attacks.base import Attack, attacks, check_bool
+from robustlab.attacks.base import Attack, attacks
 from robustlab.attacks.engine import ActiveSet, AttackContext, is_success
 from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel, draw
-from robustlab.validation import check_choice, check_float, check_int
+from robustlab.validation import check_bool, check_choice, check_float, check_int
 
 # p_selection of the official code: iteration thresholds (out of 10,000) where p halves
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

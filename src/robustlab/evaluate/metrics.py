@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustlab.attacks.base import attack_mode, model_device
+from robustlab.attacks.engine import attack_mode, model_device
 from robustlab.errors import InvalidInputError
 from robustlab.validation import check_inputs, check_int, check_labels, check_shape
 

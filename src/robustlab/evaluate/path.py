@@ -48,7 +48,7 @@ from robustlab.attacks import Attack, AttackResult, Flag, ThreatModel, attacks
 from robustlab.attacks import create as create_attack
 from robustlab.attacks.audit import audit as run_audit
 from robustlab.attacks.audit import check_monotone
-from robustlab.attacks.base import model_device
+from robustlab.attacks.engine import model_device
 from robustlab.attacks.threat import parse_eps
 from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.evaluate.metrics import (

@@ -122,7 +122,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched. A
     failure to write (no space, quota, file size limit, no permission, read-only file
     system) is raised as :class:`~robustlab.errors.WriteError` naming the cause and
-    ``path``; other exceptions propagate unchanged. The new file gets the permissions
+    ``path``; other exceptions propagate unchanged. An ``OSError`` with one of those
+    errnos raised inside the block is taken as the write's failure, so a block that also
+    *reads* local files should turn its own read errors into its own exception first. The new file gets the permissions
     of the file it replaces, or the usual ``0o666 & ~umask`` for a new file (not the
     ``0o600`` of a bare temporary file).
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -16,7 +17,7 @@ import pytest
 
 from robustlab.data import download as dl
 from robustlab.data import readers
-from robustlab.errors import ChecksumError, DataError, DataNotFoundError
+from robustlab.errors import ChecksumError, DataError, DataNotFoundError, WriteError
 
 from .conftest import idx_bytes
 
@@ -375,3 +376,23 @@ def test_extract_tar_corrupt_archive(tmp_path):
     (tmp_path / "c.tar.gz").write_bytes(gzip.compress(b"not a tar")[:10])
     with pytest.raises(DataError, match="corrupt or truncated"):
         dl.extract_tar(tmp_path / "c.tar.gz", tmp_path / "out")
+
+
+def test_download_into_a_full_disk_is_a_write_error_and_stops_at_once(tmp_path, monkeypatch):
+    def disk_full(src, dst, length=0):
+        dst.write(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dl.shutil, "copyfileobj", disk_full)
+    opener = FakeOpener({"https://example.invalid/f": b"x" * 100})
+    dest = tmp_path / "f"
+    with pytest.raises(WriteError) as info:
+        dl.download_url("https://example.invalid/f", dest, None, opener=opener)
+    assert str(info.value).startswith(f"cannot write {dest}: no space left on device (ENOSPC)")
+    assert os.listdir(tmp_path) == []
+    # fetch does not go on to the next mirror: the disk, not the mirror, is the problem
+    res = dl.RESOURCES["mnist"][0]
+    opener = FakeOpener({url: b"x" for url in res.urls})
+    with pytest.raises(WriteError):
+        dl.fetch("mnist", tmp_path / "m", [res.filename], opener=opener)
+    assert len(opener.calls) == 1 < len(res.urls)

@@ -600,3 +600,15 @@ def test_malicious_or_broken_torch_files_are_refused_without_running_anything(tm
         models.convert_checkpoint(pt, tmp_path / "c.safetensors", name="mlp", num_classes=3, in_channels=5)
     assert "weights_only=False" not in str(info.value)
     assert not marker.exists() and not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", ['"X99"', '["F32"]', "null"])
+def test_an_unknown_dtype_in_the_header_is_refused(tmp_path, dtype):
+    path = models.save_model(_trained_like("mlp", (4,), hidden=[6]), tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    n, _ = _header(path)
+    text = raw[8 : 8 + n].decode().replace('"dtype":"F32"', f'"dtype":{dtype}', 1)
+    text += " " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + raw[8 + n :])
+    with pytest.raises(CheckpointError, match="dtype 'X99'" if dtype == '"X99"' else "bad entry"):
+        models.read_metadata(path)

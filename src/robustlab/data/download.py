@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from robustlab._atomic import atomic_path
-from robustlab.errors import ChecksumError, DataError
+from robustlab._atomic import atomic_path, write_error
+from robustlab.errors import ChecksumError, DataError, WriteError
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -169,6 +169,8 @@ def download_url(
     ------
     ChecksumError: the downloaded bytes do not have the expected md5.
     DataError: the URL could not be fetched.
+    WriteError: the file could not be written (disk full, quota, file size limit, no
+        permission), naming the cause and ``dest``.
     """
     dest = Path(dest)
     try:
@@ -177,12 +179,26 @@ def download_url(
                 with _open(url, opener, timeout) as response, open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out, chunk_size)
             except (urllib.error.URLError, OSError, ValueError) as exc:
+                if _is_write_failure(exc, dest):
+                    raise  # disk full, quota, no permission: atomic_path names it (WriteError)
                 raise DataError(f"could not download {url}: {exc}") from exc
             if md5 is not None:
                 check_md5(tmp, md5, name=f"{dest.name} downloaded from {url}")
-    except OSError as exc:  # cannot create the folder or the temporary file
+    except WriteError:
+        raise
+    except OSError as exc:  # cannot create the folder for another reason
         raise DataError(f"cannot write {dest}: {exc}; pass a writable root=...") from exc
     return dest
+
+
+def _is_write_failure(exc: BaseException, dest: Path) -> bool:
+    """An ``OSError`` of the local file system (not of the network) that
+    :func:`~robustlab._atomic.atomic_path` turns into a :class:`WriteError`."""
+    return (
+        isinstance(exc, OSError)
+        and not isinstance(exc, urllib.error.URLError)
+        and write_error(dest, exc.errno or 0) is not None
+    )
 
 
 def fetch(

@@ -302,7 +302,8 @@ def _check_entry(path: Path, name: str, info: Any, head: bytes) -> tuple[int, in
     try:
         dtype, shape, (begin, stop) = info["dtype"], info["shape"], info["data_offsets"]
         ok = (
-            isinstance(shape, list)
+            isinstance(dtype, str)
+            and isinstance(shape, list)
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
             and isinstance(begin, int)
             and isinstance(stop, int)

@@ -328,10 +328,17 @@ import json, resource, sys, time
 from robustlab import models
 from robustlab.errors import CheckpointError
 
-status = open("/proc/self/status").read()
-vm_kb = int(next(l for l in status.splitlines() if l.startswith("VmSize:")).split()[1])
-limit = vm_kb * 1024 + (512 << 20)  # 512 MiB above what the imports mapped
-resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:  # Linux: cap the address space at 512 MiB above what the imports mapped
+    status = open("/proc/self/status").read()
+except OSError:  # elsewhere the time limit below still catches an allocation
+    pass
+else:
+    vm_kb = int(next(l for l in status.splitlines() if l.startswith("VmSize:")).split()[1])
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    limit = vm_kb * 1024 + (512 << 20)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 start = time.perf_counter()
 try:
     models.load_model(sys.argv[1])
@@ -435,10 +442,15 @@ def test_file_layout_is_canonical_safetensors(tmp_path):
     assert n % 8 == 0
     text = raw[8 : 8 + n].decode()
     assert text.rstrip(" ") == json.dumps(header, sort_keys=True, separators=(",", ":"))
-    names = sorted(k for k in header if k != "__metadata__")
+    size = {"F32": 4, "I64": 8}
+    # data: largest element size first, then by name; each tensor aligned to its element size
+    names = sorted((k for k in header if k != "__metadata__"),
+                   key=lambda k: (-size[header[k]["dtype"]], k))
     offsets = [header[k]["data_offsets"] for k in names]
     assert offsets[0][0] == 0 and all(o[1] == p[0] for o, p in zip(offsets, offsets[1:]))
     assert 8 + n + offsets[-1][1] == len(raw)
+    assert all(header[k]["data_offsets"][0] % size[header[k]["dtype"]] == 0 for k in names)
+    assert {header[k]["dtype"] for k in names} == {"F32", "I64"}  # BN counters are int64
 
 
 def test_the_safetensors_library_reads_our_files(tmp_path):

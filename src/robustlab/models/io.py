@@ -22,7 +22,8 @@ training run's provenance there: ``robustlab_run_id``, ``robustlab_run_name``,
 
 The file is written by robustlab itself, byte for byte reproducibly: the header JSON has
 sorted keys and no spaces (padded with spaces to a multiple of 8 bytes), the tensors
-follow in sorted name order, so identical weights, config and metadata give an identical
+follow ordered by element size (largest first, so each is aligned) and then by name, so
+identical weights, config and metadata give an identical
 file (and an identical :func:`file_sha256`). The layout is the safetensors format: an
 8-byte little-endian header length, the UTF-8 JSON header ``{name: {"dtype", "shape",
 "data_offsets"}, "__metadata__": {str: str}}``, then the raw little-endian tensor bytes;
@@ -206,10 +207,12 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 def _write_safetensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 ) -> None:
-    """Write a safetensors file deterministically (sorted header keys and tensor order)."""
+    """Write a safetensors file deterministically: header keys sorted, tensor data ordered
+    by element size (largest first) then name, so every tensor starts at a multiple of its
+    element size (the order the safetensors library uses, for aligned zero-copy reads)."""
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
-    names = sorted(tensors)
+    names = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     for name in names:
         t = tensors[name]
         if name == "__metadata__":

@@ -75,6 +75,8 @@ def objective_for(method: str, tier: dict[str, Any], epochs: int) -> Any:
     warm = min(tier["eps_warmup"], float(epochs))
     if warm > 0:
         params["eps_warmup"] = warm
+    if name == "aaer" and epochs < 5:  # its FGSM step ramps over 5 epochs (official SVHN recipe)
+        params["step_warmup"] = float(epochs)
     return train.create(name, **params)
 
 

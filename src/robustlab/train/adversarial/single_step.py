@@ -3,7 +3,8 @@ Flammarion 2020) and AAER (Lin et al. 2023), with the optional catastrophic-over
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -206,17 +207,38 @@ def _l2_square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).sum(1).mean(0)
 
 
+@contextlib.contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave the model's buffers (batch-norm running statistics and
+    counters) exactly as they were: they are saved and copied back on exit."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 @objectives.register("aaer")
 class AAER(_SingleStep):
     """Abnormal Adversarial Examples Regularization (Lin, Yu & Liu, NeurIPS 2023,
     "Eliminating Catastrophic Overfitting Via Abnormal Adversarial Examples
-    Regularization", Sec. 3.3), as the official training script computes it.
+    Regularization", Sec. 3.3), as the official training script computes it
+    (tmllab/2023_NeurIPS_AAER, ``SVHN/AAER.py`` and ``CIFAR10/AAER.py``).
 
-    Inner step (N-FGSM-style, the official defaults): noise ``eta ~ U[-k eps, k eps]``
-    (``k=2``) clipped to the box, then one FGSM step of size ``alpha * eps`` (``alpha=1``)
-    from ``x_0 = x + eta`` (``fgsm`` from the attack registry, with the ball around
-    ``x_0``), not clipped back to the eps-ball unless ``clip=True`` (then projected onto
-    ``B(x, eps)``, RS-FGSM style).
+    Inner step (N-FGSM-style): noise ``eta ~ U[-k eps, k eps]`` clipped to the box, then
+    one FGSM step of size ``w_t * alpha * eps`` from ``x_0 = x + eta`` (``fgsm`` from the
+    attack registry, with the ball around ``x_0``), clipped to the box and not projected
+    back to the eps-ball unless ``clip=True`` (then projected onto ``B(x, w_t * eps)``,
+    RS-FGSM style; the official ``--clamp 1``).
+
+    Step-size ramp: ``w_t = min(1, t / step_warmup)`` at training progress ``t`` (epochs,
+    updated every optimiser step: the official ``min((epoch + i / len(loader)) / 5, 1)``,
+    ``SVHN/AAER.py`` lines 108-111). Only the FGSM step is ramped (and, with ``clip``, the
+    projection radius); the noise ``eta`` is not. ``eps_warmup`` (shared by every
+    adversarial objective) is a different ramp, of eps itself, which scales noise, step
+    and radius together; it is off by default.
 
     Abnormal adversarial examples (AAEs) are those whose cross-entropy *decreases* after
     the step: ``CE(x_0) > CE(x')``. With ``n_A`` AAEs in a batch of ``B`` (and at least
@@ -228,10 +250,31 @@ class AAER(_SingleStep):
     where ``V`` is the mean over the group of ``||f(x_0) - f(x')||_2^2`` (logits at
     ``x_0`` detached) and ``V_NAE`` is detached. As in the official code the AAE-CE term
     is computed on detached losses (it contributes to the reported loss, not to the
-    gradient). Defaults from the official code: ``lam1=1, lam2=4, lam3=1.5, k=2, alpha=1``,
-    train mode. The official script also ramps the FGSM step linearly over the first 5
-    epochs; here use ``eps_warmup`` (which ramps noise and step together) for a ramp.
-    One extra no-grad forward pass at ``x_0`` gives ``CE(x_0)`` and ``f(x_0)``.
+    gradient).
+
+    Defaults: the official ``SVHN/AAER.py`` (its argument defaults, with which it is run):
+    ``lam1=1, lam2=4, lam3=1.5``, noise ``k=2``, ``alpha=1``, no projection, the FGSM step
+    ramped over ``step_warmup=5`` epochs, everything in train mode. Batch-norm running
+    statistics are updated **twice per optimiser step**, as in the official loop (model
+    in train mode throughout): by the forward pass at ``x_0`` and by the one at ``x'``.
+    The official CIFAR-10/100, Tiny-ImageNet and ImageNet-100 scripts do not ramp at all
+    (``step_warmup=0``), and the README's CIFAR-10 commands at eps 8/255 use ``lam2=1.5,
+    lam3=0.15`` (N-AAER) or ``clip=True, noise=1, alpha=1.25, lam2=2.5, lam3=1.5``
+    (RS-AAER). ``noise`` defaults to 2, or to 1 with ``clip=True`` (the official
+    ``--clamp`` switch sets both). A ramp longer than training is refused.
+
+    Deviations: ``CE(x_0)`` and ``f(x_0)`` come from a separate no-grad forward pass at
+    ``x_0`` (the official code reuses the forward pass that gives the FGSM gradient; the
+    attack engine does not return it): one extra forward pass per step, whose batch
+    statistics equal the official ones, while the attack's own forward pass leaves the
+    running statistics untouched (:func:`frozen_buffers`), so that they see the same two
+    updates per step (with dropout, the two passes draw different masks; the official
+    models have none). The noise comes from the objective's seeded generator, not the
+    global RNG. The learning-rate schedule is the Trainer's (official: SGD, momentum 0.9,
+    weight decay 5e-4, cyclic lr peaking at 0.05 after 2/5 of 15 epochs on SVHN -- the
+    Trainer's ``onecycle`` -- and at 0.2 after 1/2 of 30 epochs on CIFAR-10). The official
+    code's commented-out ``* min(epoch / 20, 1)`` warm-up of the regulariser for long
+    schedules (``CIFAR10/AAER.py`` line 142) is not offered.
 
     Metrics: ``aaer_count`` (AAEs, summed per epoch into ``train_aaer_count``),
     ``adv_accuracy``, ``accuracy`` (clean, eval mode). Optional catastrophic-overfitting
@@ -246,9 +289,10 @@ class AAER(_SingleStep):
         lam1: float = 1.0,
         lam2: float = 4.0,
         lam3: float = 1.5,
-        noise: float = 2.0,
+        noise: float | None = None,
         alpha: float = 1.0,
         clip: bool = False,
+        step_warmup: float = 5.0,
         norm: str = "linf",
         eps: float | str = 8 / 255,
         eps_warmup: float = 0.0,
@@ -263,33 +307,56 @@ class AAER(_SingleStep):
         self.lam1 = check_float(lam1, "lam1", low=0.0)
         self.lam2 = check_float(lam2, "lam2", low=0.0)
         self.lam3 = check_float(lam3, "lam3", low=0.0)
-        self.noise = check_float(noise, "noise", low=0.0)
         self.alpha = check_float(alpha, "alpha", low=0.0, low_open=True)
         self.clip = bool(check_choice(clip, "clip", (True, False)))
+        self.noise = (1.0 if self.clip else 2.0) if noise is None else check_float(noise, "noise", low=0.0)
+        self.step_warmup = check_float(step_warmup, "step_warmup", low=0.0)
         if self.threat.norm != "linf":
             raise ConfigError("aaer is defined for the linf threat model (sign steps and uniform box noise).")
         self.attack = make_attack("fgsm", loss="ce")
         self._init_co(co_check, co_threshold, co_action, co_steps, co_batch_size)
         self._record_params(locals())
+        self._params["noise"] = self.noise
         self._start: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def ramp_epochs(self) -> float:
+        """The longer of the eps warm-up and the step-size ramp."""
+        return max(self.eps_warmup, self.step_warmup)
+
+    def check_training(self, epochs: int) -> None:
+        super().check_training(epochs)
+        if self.step_warmup > epochs:
+            raise ConfigError(
+                f"aaer ramps its FGSM step over step_warmup={self.step_warmup:g} epochs (the official SVHN "
+                f"recipe) but training has only {epochs}: the step would never reach alpha * eps. Set "
+                f"step_warmup to at most {epochs} (0: no ramp, the official CIFAR-10 recipe) or train longer."
+            )
+
+    def step_factor(self) -> float:
+        """``w_t = min(1, t / step_warmup)`` at the current training progress ``t`` (1 without a ramp)."""
+        if self.step_warmup <= 0:
+            return 1.0
+        return min(1.0, self.progress / self.step_warmup)
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         threat = self.current_threat()
         eps = threat.eps
+        w = self.step_factor()
         bounds = _attack_base.model_bounds(model)
         if self.noise > 0 and eps > 0:
             x0 = threat.random_start(x, bounds, self.generator, eps=self.noise * eps)
         else:
             x0 = x.detach().clone()
         with torch.no_grad(), _attack_base.generation_mode(model, self.bn_mode):
-            logits0 = model(x0).float()
+            logits0 = model(x0).float()  # the official forward pass at x_0 (running statistics update 1)
         ce0 = F.cross_entropy(logits0, y, reduction="none")
         self._start = (x0, logits0, ce0)
-        step = ThreatModel("linf", min(self.alpha * eps, bounds[1] - bounds[0]))
+        step = ThreatModel("linf", min(self.alpha * eps * w, bounds[1] - bounds[0]))
         assert self.attack is not None
-        x_adv = perturb(self.attack, model, x0, y, step, self.generator, self.bn_mode)
+        with frozen_buffers(model):  # the same forward pass again, for the gradient: no second update
+            x_adv = perturb(self.attack, model, x0, y, step, self.generator, self.bn_mode)
         if self.clip:
-            x_adv = threat.project(x_adv, x, bounds)
+            x_adv = threat.with_eps(eps * w).project(x_adv, x, bounds) if w < 1 else threat.project(x_adv, x, bounds)
         return x_adv
 
     def outer(self, model, x, x_adv, y, index, *, metrics=True):  # type: ignore[no-untyped-def]

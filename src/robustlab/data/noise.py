@@ -61,7 +61,7 @@ import torch
 
 from robustlab.errors import ConfigError, LabelError
 from robustlab.registry import Registry, check_params
-from robustlab.validation import check_float, check_int
+from robustlab.validation import check_bool, check_float, check_int
 
 NoiseFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -140,17 +140,6 @@ def _as_numpy_labels(y: Any, num_classes: int) -> np.ndarray:
 
 def _check_rate(rate: Any, kind: str) -> float:
     return check_float(rate, f"{kind} noise rate", low=0.0, high=1.0, high_open=True)
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused).
-
-    robustlab.validation has no flag validator yet; same rule and message as the losses'
-    and attacks' ``check_bool``.
-    """
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}.")
-    return value
 
 
 def _draw_from_rows(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -274,7 +263,7 @@ def symmetric(
     include_true_class: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Uniform flips to the other classes (or to all classes with ``include_true_class``)."""
-    include_true_class = _check_flag(include_true_class, "symmetric noise include_true_class")
+    include_true_class = check_bool(include_true_class, "symmetric noise include_true_class")
     K = num_classes
     if K < 2:
         raise ConfigError("label noise needs at least 2 classes.")
@@ -455,7 +444,7 @@ def corrupt_labels(
     name = noise_models.canonical(kind)
     check_params(fn, options, what=f"noise model {name!r}")
     num_classes = check_int(num_classes, "num_classes", minimum=2)
-    exact = _check_flag(exact, "exact")
+    exact = check_bool(exact, "exact")
     labels = _as_numpy_labels(y, num_classes)
     if name == "matrix":
         r = 0.0 if rate is None else _check_rate(rate, name)

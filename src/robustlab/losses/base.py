@@ -157,24 +157,14 @@ def _check_batch(loss: Loss, logits: torch.Tensor, target: torch.Tensor) -> torc
 
 
 # -- parameter checks -------------------------------------------------------------------
-# Numbers go through robustlab.validation (check_float / check_int / check_choice), the
-# validators every room shares; ``param_name`` puts the loss's name in their messages.
+# Parameters go through robustlab.validation (check_float / check_int / check_bool /
+# check_choice), the validators every room shares; ``param_name`` puts the loss's name in
+# their messages.
 
 
 def param_name(owner: object, name: str, note: str = "") -> str:
     """``"loss 'gce': q"`` (plus `` (note)``): how a loss names a parameter in its errors."""
     return f"loss {_loss_name(owner)!r}: {name}" + (f" ({note})" if note else "")
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """A flag that must be ``True`` or ``False`` (``1``, ``"yes"``, ``None`` are refused).
-
-    robustlab.validation has no flag validator yet; this is the same rule and message as
-    ``robustlab.attacks.base.check_bool``.
-    """
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}.")
-    return value
 
 
 # -- stateful losses ----------------------------------------------------------------------

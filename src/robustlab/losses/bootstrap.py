@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, check_bool, losses, param_name
-from robustlab.validation import check_float
+from robustlab.losses.base import Loss, losses, param_name
+from robustlab.validation import check_bool, check_float
 
 
 @losses.register("bootstrap-soft", aliases=("bootstrap_soft", "soft_bootstrap"))

@@ -27,8 +27,8 @@ from typing import ClassVar
 import torch
 
 from robustlab.losses import functional as Fn
-from robustlab.losses.base import Loss, StatefulLoss, check_bool, losses, param_name
-from robustlab.validation import check_float
+from robustlab.losses.base import Loss, StatefulLoss, losses, param_name
+from robustlab.validation import check_bool, check_float
 
 
 @losses.register("ldr-kl", aliases=("ldr_kl", "ldr"))

@@ -291,7 +291,7 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
         cfg: Mapping[str, Any] = row["config"] if isinstance(row.get("config"), Mapping) else {}
         metrics: Mapping[str, Any] = row["metrics"] if isinstance(row.get("metrics"), Mapping) else {}
         is_eval = cfg.get("kind") == "evaluation" or row.get("suite") == "evaluations"
-        train_cfg: Mapping[str, Any] = cfg.get("train") if isinstance(cfg.get("train"), Mapping) else {}
+        train_cfg: Mapping[str, Any] = cfg["train"] if isinstance(cfg.get("train"), Mapping) else {}
         noise_cfg = cfg.get("noise") if isinstance(cfg.get("noise"), Mapping) else None
         noise_known = True
         weights = None

@@ -127,10 +127,10 @@ def _table_layout(view: TableView, width: int, numbered: bool) -> tuple[list[str
     if _total(cols) > width:
         return None
     for cid in EXTRA_COLUMNS:
-        c = next((c for c in view.columns if c.id == cid), None)
-        if c is None:
+        spec = next((c for c in view.columns if c.id == cid), None)
+        if spec is None:
             continue
-        extra = _Col(c.lines, [_cell_text(rv.cells[cid]) for rv in view.rows], left=not c.numeric)
+        extra = _Col(spec.lines, [_cell_text(rv.cells[cid]) for rv in view.rows], left=not spec.numeric)
         if _total([*cols, extra]) <= width:
             cols.append(extra)
     return _render(cols), legend

@@ -265,9 +265,9 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
     sets: dict[tuple[Any, ...], PointSet] = {}
     for c in columns:
         for i in range(len(runs)):
-            k = point_of[i].get(c.id)
-            if k is not None and k not in sets:
-                sets[k] = PointSet(_letter(len(sets)), _describe(k, examples.get(k)))
+            pk = point_of[i].get(c.id)
+            if pk is not None and pk not in sets:
+                sets[pk] = PointSet(_letter(len(sets)), _describe(pk, examples.get(pk)))
     point_note = None
     members: dict[tuple[Any, ...], list[Column]] = {}
     if len(sets) > 1:

@@ -1,0 +1,201 @@
+"""The report that ``robustlab bench`` writes, opened in a real headless Chromium.
+
+The bench suite is shrunk (2 epochs, PGD-2 on all 360 test points, the standard
+ensemble on 30 of them) and run through the CLI; its ``report.html`` is loaded from
+disk at a 1,400 x 900 viewport, and the test asserts what a reader would see:
+
+- no console errors or page errors, and no network request at all (the report is
+  offline: inline CSS and SVG; the browser context is also offline, so nothing leaves
+  the machine even if a request were made);
+- every plot has drawn pixels: the full-page screenshot cropped to each plot's
+  bounding box is not blank and holds coloured (series) pixels;
+- no key column (run name, clean accuracy, robust accuracies) of a results table lies
+  beyond the right edge of its scroll box, and the page itself does not scroll sideways;
+- the robust column headers name their n.
+
+Chromium is Debian's (``apt-get install chromium``), driven by Playwright from PyPI
+with ``executable_path`` (no browser download). Without Chromium or Playwright the test
+skips and says why, unless ``ROBUSTLAB_REQUIRE_BROWSER=1`` (set by ``.ci/run`` after it
+installed Chromium), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+VIEWPORT = {"width": 1400, "height": 900}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # plus --headless (Playwright adds it for headless=True) and a fresh --user-data-dir
+REQUIRED = os.environ.get("ROBUSTLAB_REQUIRE_BROWSER") == "1"
+
+
+def _chromium() -> str | None:
+    explicit = os.environ.get("ROBUSTLAB_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason}; ROBUSTLAB_REQUIRE_BROWSER=1 says the browser check must run here.")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = _chromium()
+    if path is None:
+        _unavailable("Chromium is not installed (as root: apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[browser]')")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_report(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``robustlab bench`` on the packaged suite, shrunk; returns its report.html."""
+    import yaml
+
+    from robustlab.cli import main
+    from robustlab.experiments import packaged_config
+
+    tree = yaml.safe_load(packaged_config("bench").read_text())
+    for section in [tree["base"], *tree["runs"]]:
+        for a in (section.get("evaluate") or {}).get("attacks", []):
+            if a["name"] == "pgd":
+                a["params"]["steps"] = 2  # on every test point, as in the real suite
+            else:
+                a["subset"] = 30
+    root = tmp_path_factory.mktemp("bench")
+    suite = root / "bench-tiny.yaml"
+    suite.write_text(yaml.safe_dump(tree))
+    res = root / "res"
+    assert main(["bench", "--suite", str(suite), "--results", str(res), "train.epochs=2"]) == 0
+    return res / "report.html"
+
+
+_MEASURE = """() => {
+  const rect = (e) => { const r = e.getBoundingClientRect();
+    return {left: r.left + window.scrollX, top: r.top + window.scrollY, right: r.right + window.scrollX,
+            width: r.width, height: r.height}; };
+  return {
+    innerWidth: window.innerWidth,
+    scrollWidth: document.documentElement.scrollWidth,
+    tables: [...document.querySelectorAll('table.results')].map((t) => ({
+      box: rect(t.closest('.scroll')),
+      keys: [...t.querySelectorAll('thead th.key')].map((th) => ({col: th.dataset.col, text: th.innerText,
+                                                                   ...rect(th)})),
+    })),
+    plots: [...document.querySelectorAll('figure svg')].map((s) => ({section: s.closest('section').id, ...rect(s)})),
+  };
+}"""
+
+
+def open_in_chromium(report: Path, chromium: str, profile: Path) -> dict[str, Any]:
+    """Load ``report`` in headless Chromium (fresh profile ``profile``, offline) and return
+    what the tests look at: console messages, page errors, every request made, the
+    layout measurements of :data:`_MEASURE` and a full-page PNG screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    url = report.resolve().as_uri()
+    console: list[tuple[str, str]] = []
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+            viewport=VIEWPORT, device_scale_factor=1, offline=True,
+        )
+        try:
+            page = context.new_page()
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url, wait_until="load")
+            measured = page.evaluate(_MEASURE)
+            png = page.screenshot(full_page=True)
+        finally:
+            context.close()
+    return {"url": url, "console": console, "errors": errors, "requests": requests, "png": png, **measured}
+
+
+def plot_pixels(rendered: dict[str, Any]) -> list[tuple[str, int, int, int]]:
+    """(section, pixels, ink pixels, coloured pixels) of every plot's box in the screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(rendered["png"])).convert("RGB")
+    out = []
+    for p in rendered["plots"]:
+        box = (round(p["left"]), round(p["top"]), round(p["left"] + p["width"]), round(p["top"] + p["height"]))
+        assert box[2] <= shot.width and box[3] <= shot.height, (box, shot.size)
+        px = np.asarray(shot.crop(box), dtype=np.int16).reshape(-1, 3)
+        ink = int((px.min(axis=1) < 235).sum())  # anything not (near) white
+        colour = int((px.max(axis=1) - px.min(axis=1) > 60).sum())  # series, not black/grey axes
+        out.append((p["section"], len(px), ink, colour))
+    return out
+
+
+def hidden_key_columns(rendered: dict[str, Any]) -> list[str]:
+    """Key columns of any results table that lie outside its scroll box or the viewport."""
+    hidden = []
+    for table in rendered["tables"]:
+        right = min(table["box"]["right"], rendered["innerWidth"])
+        hidden += [k["col"] for k in table["keys"]
+                   if k["right"] > right + 0.5 or k["left"] < table["box"]["left"] - 0.5]
+    return hidden
+
+
+@pytest.fixture(scope="module")
+def rendered(chromium: str, bench_report: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return open_in_chromium(bench_report, chromium, tmp_path_factory.mktemp("chromium-profile"))
+
+
+def test_no_console_errors_and_no_network_requests(rendered):
+    assert [m for m in rendered["console"] if m[0] == "error"] == []
+    assert rendered["errors"] == []
+    assert rendered["requests"] == [rendered["url"]]  # the report file itself, nothing else
+
+
+def test_every_plot_has_drawn_pixels(rendered):
+    plots = rendered["plots"]
+    assert [p["section"] for p in plots] == ["plot-noise", "plot-robust", "plot-history"]
+    assert all(p["width"] > 300 and p["height"] > 200 for p in plots), plots
+    for section, n, ink, colour in plot_pixels(rendered):
+        assert ink > 0.01 * n, (section, ink, n)
+        assert colour > 300, (section, colour)
+
+
+def test_key_columns_are_visible_without_scrolling_at_1400px(rendered):
+    assert rendered["innerWidth"] == VIEWPORT["width"]
+    assert rendered["scrollWidth"] <= rendered["innerWidth"]  # the page itself does not scroll sideways
+    (table,) = rendered["tables"]
+    keys = table["keys"]
+    assert [k["col"] for k in keys][:2] == ["name", "clean_accuracy"]
+    assert len(keys) == 2 + 5  # pgd at 4 eps and standard at 1 in the bench suite
+    assert hidden_key_columns(rendered) == []
+    headers = {k["col"]: " ".join(k["text"].split()) for k in keys}
+    assert "n=30" in headers["standard linf eps=0.1 (n=30)"] and "standard" in headers["standard linf eps=0.1 (n=30)"]
+    assert "n=360" in headers["pgd linf eps=0.1 (n=360)"]

@@ -99,7 +99,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
 
     Integral floats from YAML or JSON (``10.0``) are accepted as the integer they are.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
         raise ConfigError(f"{name} must be an integer, got the boolean {value!r}.")
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
         value = int(value)
@@ -131,7 +131,7 @@ def check_float(
 ) -> float:
     """A finite real parameter in the interval given by ``low``/``high`` (open ends with
     ``low_open``/``high_open``). Booleans and strings are refused, not coerced."""
-    if isinstance(value, bool) or isinstance(value, (str, bytes)) or value is None:
+    if isinstance(value, (bool, str, bytes)) or value is None or type(value).__name__ in ("bool", "bool_"):
         raise ConfigError(f"{name} must be a number, got {value!r}.")
     try:
         v = float(value)

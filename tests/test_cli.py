@@ -57,7 +57,13 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     res = tmp_path / "res"
     args = ["bench", "--suite", str(suite), "--results", str(res), "train.epochs=2"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # written to a pipe (as in a log): every line fits 80 columns and names are whole
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "ce/sym-0.4 [epochs=2]" in out and "trades/clean [epochs=2]" in out
+    # one progress line per epoch and per measurement reaches the log
+    assert "epoch 2/2" in captured.err and "standard linf on 30 of 360 points" in captured.err
     report = res / "report.html"
     assert report.exists() and f"report: {report.resolve()}" in out.replace("\n", "")
     rows = json.loads((res / "report.json").read_text())
@@ -72,6 +78,8 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
 
     assert main(args) == 0
     assert all(r.attempts == 1 for r in ResultsStore(res).list())
+    again = capsys.readouterr().out
+    assert again.count("stored, 0.0 s") == n_runs and f"0 runs computed, {n_runs} reused" in again
     assert main(["runs", "--results", str(res)]) == 0
 
 
@@ -99,6 +107,8 @@ def test_attack_command_stores_the_evaluation_as_a_run(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "robust accuracy" in text and "after apgd-ce" in text
+    assert text.count("per class: 0:") == 2  # one line per eps
+    assert "weights: unknown origin" not in text and "with clean labels" in text
     rep = json.loads(out_json.read_text())
     accs = [r["robust_accuracy"] for r in rep["results"]]
     assert accs[0] >= accs[1] and rep["clean_accuracy"] >= accs[0]  # monotone in eps, below clean
@@ -111,3 +121,123 @@ def test_attack_command_stores_the_evaluation_as_a_run(tmp_path, capsys):
     again = ResultsStore(res).list(suite="evaluations")
     assert len(again) == 1 and again[0].attempts == 1
     assert main(["attack", "-m", str(weights), "--audit", "sometimes", "--results", str(res)]) == 2
+
+
+def _trained(tmp_path):
+    res = tmp_path / "res"
+    weights = tmp_path / "net.safetensors"
+    assert main(["--quiet", "train", "--epochs", "1", "--results", str(res), "-o", str(weights),
+                 "model.params.hidden=[16]", "evaluate.attacks=[]"]) == 0
+    return res, weights
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--subset", "0"], "--subset must be an integer >= 1"),
+        (["--subset", "-5"], "--subset must be an integer >= 1"),
+        (["--device", "tpu"], "'tpu'"),
+        (["--device", "cuda:7"], "cuda"),
+        (["--eps", "2"], "eps"),
+        (["--attack", "pgdd"], "pgd"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--data", "digitz"], "digits"),
+    ],
+)
+def test_bad_attack_inputs_are_one_line_and_store_nothing(tmp_path, capsys, args, words):
+    res, weights = _trained(tmp_path)
+    capsys.readouterr()
+    assert main(["attack", "-m", str(weights), "--results", str(res), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err and "Traceback" not in err
+    from robustlab.experiments import ResultsStore
+
+    assert ResultsStore(res).list(suite="evaluations") == []  # no failed row either
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["runs", "--status", "finished"], "'done'"),
+        (["train", "--noise", "symmetric"], "KIND:RATE"),
+        (["train", "--noise", "symmetric:1.5"], "[0, 1)"),
+        (["--threads", "0", "runs"], "--threads"),
+        (["train", "--epochs", "0"], "epochs"),
+        (["train", "--device", "tpu"], "'tpu'"),
+        (["train", "train.objective_params={steps: 2.5}", "train.objective=pgd-at"], "steps"),
+        (["train", "train.objective_params={steps: true}", "train.objective=pgd-at"], "steps"),
+        (["train", "train.loss.name=gce", "train.loss.params={q: 7e-1, x: 1}"], "'x'"),
+    ],
+)
+def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys, argv, words):
+    assert main([*argv[:1], *argv[1:], *(["--results", str(tmp_path / "r")] if argv[0] != "--threads" else [])]
+                if argv[0] != "--threads" else [*argv, "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err and "Traceback" not in err
+    from robustlab.experiments import ResultsStore
+
+    assert not (tmp_path / "r" / "results.db").exists() or ResultsStore(tmp_path / "r").list() == []
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import robustlab.experiments as experiments
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "run_suite", interrupted)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {epochs: 1}\n")
+    assert main(["run", str(cfg), "--results", str(tmp_path / "r")]) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_init_writes_an_example_that_runs(tmp_path, capsys):
+    path = tmp_path / "my.yaml"
+    assert main(["init", str(path)]) == 0
+    assert "robustlab run" in capsys.readouterr().out and path.read_text().startswith("#")
+    assert main(["init", str(path)]) == 2  # never overwritten silently
+    args = ["--quiet", "run", str(path), "train.epochs=1", "evaluate.attacks[0].eps=[0.05]",
+            "evaluate.attacks[1].subset=10", "--results", str(tmp_path / "r")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "digits-mlp-ce-sym0.2 [epochs=1, eps=[0.05], subset=10]" in out and "done" in out
+
+
+def test_train_prints_selection_and_early_stopping(tmp_path, capsys):
+    args = ["--quiet", "train", "--epochs", "3", "--results", str(tmp_path / "r"), "model.params.hidden=[16]",
+            "data.val_fraction=0.2", "train.select=clean", "train.early_stopping=1", "evaluate.attacks=[]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "best epoch" in out and "validation accuracy" in out and "early stopping:" in out
+
+
+def test_your_own_model_as_the_readme_shows(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet_readme.py").write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+    )
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    args = ["attack", "-m", "net.pt", "--factory", "mynet_readme:build", "--data", "digits", "--eps", "0.1",
+            "--attack", "fgsm", "--audit", "none", "--results", str(tmp_path / "r")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "weights: unknown origin" in out and "robust accuracy" in out
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Payload()}))
+    args[2] = "evil.pt"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "never unpickles" in err and "weights_only=False" not in err and not (tmp_path / "pwned").exists()

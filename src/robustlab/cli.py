@@ -299,6 +299,14 @@ def _eps_list(values: list[str]) -> list[float]:
     return [parse_eps(v) for v in values]
 
 
+def _factory(factory: Optional[str]) -> Optional[str]:
+    """A user's ``module:function``: modules in the current folder are importable, as with
+    ``python -m``."""
+    if factory and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return factory
+
+
 def _check_subset(subset: Optional[int]) -> Optional[int]:
     from robustlab.validation import check_subset
 
@@ -342,7 +350,7 @@ def evaluate(
         params["steps"] = 20
     m = Measurement(attack, norm, _eps_list(eps), params, _check_subset(subset), "cheap")
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=[m],
-                              device=device, factory=factory, seed=seed, force=force)
+                              device=device, factory=_factory(factory), seed=seed, force=force)
     met = rec.metrics
     _out(f"{data} {split} ({met['num_test']} points): clean accuracy {100 * met['clean_accuracy']:.2f}%, "
          f"ECE {met['ece']:.4f}; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
@@ -415,7 +423,7 @@ def attack(
     rec, _ = evaluate_weights(
         model, store, data=data, split=split, root=root, attack=attack_name, norm=norm, eps=_eps_list(eps),
         subset=_check_subset(subset), batch_size="auto" if batch_size == "auto" else int(batch_size), amp=amp,
-        audit=_AUDIT_MODES[audit], device=device, factory=factory, seed=seed, force=force,
+        audit=_AUDIT_MODES[audit], device=device, factory=_factory(factory), seed=seed, force=force,
     )
     rep = rec.metrics["attack_report"]
     rows = rec.metrics["robust"]
@@ -575,28 +583,36 @@ def _parse_noise(text: str) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a RobustlabError is one clear line on stderr and exit code 2; usage
     errors exit 2 with click's message; Ctrl-C says how to resume and exits 130."""
-    import click
-
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="robustlab", standalone_mode=False)
-    except click.exceptions.Abort:
-        _interrupted()
-        return 130
     except KeyboardInterrupt:
         _interrupted()
         return 130
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:
-        exc.show()
-        return int(exc.exit_code)
     except RobustlabError as exc:
         _error(str(exc))
         return 2
     except BrokenPipeError:  # `robustlab runs | head`
         return 0
-    return int(rv) if isinstance(rv, int) else 0
+    except Exception as exc:
+        # click's exceptions (typer's own copy of click in newer releases): by class name
+        names = {c.__name__ for c in type(exc).__mro__}
+        if "Abort" in names:  # click turns Ctrl-C into Abort
+            _interrupted()
+            return 130
+        if "Exit" in names:
+            code = int(getattr(exc, "exit_code", 0) or 0)
+            if code == 130:
+                _interrupted()
+            return code
+        if "ClickException" in names:
+            exc.show()  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
+        raise
+    code = int(rv) if isinstance(rv, int) else 0
+    if code == 130:  # newer typer turns Ctrl-C into exit code 130 itself
+        _interrupted()
+    return code
 
 
 def _error(text: str) -> None:

@@ -118,6 +118,15 @@ def test_training_flags_are_shown_first_with_the_audit_flags(html):
     assert html.index(TRAIN_FLAG) < html.index("<table") and html.index(TRAIN_FLAG) < html.index("<svg")
 
 
+def test_a_training_flag_alone_still_says_how_the_audit_went():
+    flagged = row(0, "mlp", 0.0)
+    flagged["metrics"]["training"]["flags"] = [TRAIN_FLAG]
+    text = render_report([flagged], title="t")
+    box = text[text.index('<div class="box alert">'):text.index("</div>", text.index('<div class="box alert">'))]
+    assert "Flags: 1 training run flagged" in box and TRAIN_FLAG in box
+    assert "none of the 3 audited robust evaluations is flagged" in box
+
+
 def _mixed_rows():
     rows = suite_rows()
     noisy = rows[2]  # mlp trained under 40% symmetric noise

@@ -135,3 +135,32 @@ def test_runs_report_last_and_best_epoch_test_accuracy(tmp_path):
     assert curve[m["test_accuracy_best_epoch"] - 1] == max(curve)
     # the last epoch's weights are the final model: the same clean accuracy
     assert m["test_accuracy_last"] == pytest.approx(m["clean_accuracy"], abs=1e-6)
+
+
+def test_evaluations_are_keyed_by_the_tensors_and_say_where_the_weights_came_from(tmp_path):
+    """Re-saved weights (other file bytes, same tensors) reuse the stored evaluation; an
+    evaluation of a run's weights names the run and its label noise."""
+    from robustlab.experiments import evaluate_weights
+    from robustlab.models import file_sha256, save_model, weights_sha256
+
+    store = ResultsStore(tmp_path / "res")
+    cfg = make_config({"name": "noisy", "noise": {"kind": "symmetric", "rate": 0.4}}, TINY[:3])
+    rec = run_experiment(cfg, store, progress=False)
+    weights = tmp_path / "res" / "artifacts" / rec.id / "model.safetensors"
+    net = load_model(weights)
+    again = tmp_path / "again.safetensors"
+    save_model(net, again)
+    assert file_sha256(again) != file_sha256(weights)  # no run metadata: other bytes
+    save_model(net, tmp_path / "twice.safetensors")
+    assert file_sha256(again) == file_sha256(tmp_path / "twice.safetensors")  # byte-reproducible
+
+    kw = dict(attack="fgsm", eps=[0.05], subset=40, audit=False)
+    first, ev = evaluate_weights(weights, store, **kw)
+    p = first.metrics["provenance"]
+    assert p["run_id"] == rec.id and p["run_name"] == "noisy" and p["weights_sha256"] == weights_sha256(net)
+    assert p["training"]["noise"] == {"kind": "symmetric", "rate": 0.4}
+    assert ev is not None and first.metrics["robust"][0]["num_points"] == 40
+    second, ev2 = evaluate_weights(again, store, **kw)
+    assert second.reused and ev2 is None and second.id == first.id
+    third, _ = evaluate_weights(again, store, **{**kw, "subset": 41})
+    assert not third.reused and third.id != first.id

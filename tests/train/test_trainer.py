@@ -278,3 +278,175 @@ def test_objective_modules_are_trained_checkpointed_and_resumed(tmp_path):
     resumed_obj, model2 = TwoNets(), fresh()
     Trainer(model2, resumed_obj, epochs=4, batch_size=32, progress=False, checkpoint_dir=tmp_path).fit(ds)
     assert torch.equal(weights(resumed_obj.peer), weights(ref_obj.peer))
+
+
+# -- the Trainer's signature is the config -----------------------------------------------------
+def _keyword_settings():
+    import inspect
+    import typing
+
+    from robustlab.train import trainer as trainer_mod
+
+    hints = typing.get_type_hints(Trainer.__init__, vars(trainer_mod))
+    params = inspect.signature(Trainer.__init__).parameters
+    return {n: (hints.get(n), p.default) for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_every_setting_has_a_precise_annotation_and_a_json_default():
+    import json
+    import typing
+
+    settings = _keyword_settings()
+    assert "threads" in settings and settings["threads"] == (int | None, None)
+    for name, (hint, default) in settings.items():
+        assert hint is not None and hint is not typing.Any, name
+        json.dumps(default)  # the config stores the defaults
+    assert settings["device"] == (str, "cpu") and settings["milestones"] == (tuple[float, ...], (0.5, 0.75))
+
+
+def _int_settings():
+    return sorted(n for n, (hint, _) in _keyword_settings().items() if hint in (int, int | None))
+
+
+def _float_settings():
+    return sorted(n for n, (hint, _) in _keyword_settings().items() if hint in (float, float | None))
+
+
+@pytest.mark.parametrize("name", _int_settings())
+@pytest.mark.parametrize("bad", [2.5, True, "3"])
+def test_integer_settings_refuse_fractions_booleans_and_strings(name, bad):
+    assert name in {"epochs", "batch_size", "seed", "threads", "val_every", "val_subset", "early_stopping"}
+    extra = {"select": "clean"} if name == "early_stopping" else {}
+    with pytest.raises(ConfigError, match=name):
+        Trainer(fresh(), **{name: bad}, **extra)
+
+
+@pytest.mark.parametrize("name", _float_settings())
+@pytest.mark.parametrize("bad", [True, float("nan"), "0.1", -1.0])
+def test_real_settings_refuse_booleans_nan_strings_and_negatives(name, bad):
+    with pytest.raises(ConfigError, match=name):
+        Trainer(fresh(), **{name: bad})
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(optimizer="sgdd"), "optimizer.*'sgd'"),
+        (dict(schedule="cosin"), "schedule.*Did you mean 'cosine'"),
+        (dict(amp="fp8"), "amp"),
+        (dict(nesterov="yes"), "nesterov"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(nesterov=True, momentum=0.0), "nesterov"),
+        (dict(milestones=(0.5, "x")), "milestones"),
+        (dict(select="best"), "select"),
+        (dict(val_norm="linf"), "val_norm and val_eps"),
+    ],
+)
+def test_other_settings_are_checked(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(fresh(), **kw)
+
+
+def test_integral_floats_from_yaml_are_accepted_as_integers():
+    t = Trainer(fresh(), epochs=3.0, batch_size=32.0)
+    assert (t.epochs, t.batch_size) == (3, 32) and isinstance(t.epochs, int)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "", "cuda:x"])
+def test_unknown_devices_are_config_errors(device):
+    with pytest.raises(ConfigError, match="device"):
+        Trainer(fresh(), device=device)
+
+
+def test_cuda_without_cuda_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device 'cuda'.*use --device cpu"):
+        Trainer(fresh(), device="cuda")
+    assert Trainer(fresh(), device=torch.device("cpu")).device == torch.device("cpu")
+
+
+# -- empty data ----------------------------------------------------------------------------------
+def empty():
+    return Dataset(x=torch.zeros(0, 6), y=torch.zeros(0, dtype=torch.long), num_classes=3, name="empty")
+
+
+@pytest.mark.parametrize(
+    "which, match",
+    [
+        ("train", r"the training set is empty \(0 samples\); pass a training set with at least one sample"),
+        ("val", r"the validation set is empty .*val_fraction"),
+        ("test", r"the test set is empty .*test=None"),
+    ],
+)
+def test_empty_data_is_refused_before_training_saying_which_set(which, match, tmp_path):
+    from robustlab.errors import InvalidInputError
+
+    sets = {"train": blobs(), "val": blobs(n=30, seed=1), "test": blobs(n=30, seed=2)}
+    sets[which] = empty()
+    m = fresh()
+    before = weights(m).clone()
+    with pytest.raises(InvalidInputError, match=match):
+        Trainer(m, epochs=1, checkpoint_dir=tmp_path, progress=False).fit(sets["train"], sets["val"], test=sets["test"])
+    assert torch.equal(weights(m), before) and not (tmp_path / "last.pt").exists()
+
+
+# -- threads -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_apply_during_fit_and_are_restored_after(threads):
+    before = torch.get_num_threads()
+    seen = []
+    t = Trainer(fresh(), epochs=2, batch_size=32, threads=threads, progress=False,
+                callbacks=[lambda tr, rec: seen.append(torch.get_num_threads())])
+    t.fit(blobs())
+    assert seen == [threads, threads] and t.summary()["threads"] == threads
+    assert torch.get_num_threads() == before
+
+
+def test_threads_rule_is_one_thread_for_small_work(monkeypatch):
+    from robustlab import threads as threads_mod
+
+    monkeypatch.delenv("ROBUSTLAB_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads_mod, "user_choice", lambda: None)
+    t = Trainer(fresh(), epochs=1, batch_size=32, progress=False)
+    t.fit(blobs())
+    assert t.summary()["threads"] == 1  # a 6-32-3 MLP on 32 points is far below the threshold
+
+
+# -- progress ------------------------------------------------------------------------------------
+LINE = (
+    r"epoch (\d+)/(\d+)  loss \d+\.\d{3}  acc \d+\.\d%( {2}val \d+\.\d%)?( {2}test \d+\.\d%)?"
+    r"  \d+(\.\d)? s(  ETA \d+(\.\d)? s)?"
+)
+
+
+def test_one_progress_line_per_epoch(caplog):
+    import re
+
+    caplog.set_level("INFO", logger="robustlab.progress")
+    Trainer(fresh(), epochs=3, batch_size=32, progress=False).fit(blobs(), test=blobs(n=30, seed=2))
+    lines = [r.getMessage() for r in caplog.records if r.name == "robustlab.progress"]
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        m = re.fullmatch(LINE, line)
+        assert m and m.group(1) == str(i + 1) and m.group(2) == "3", line
+        assert ("ETA" in line) == (i < 2)  # no ETA after the last epoch
+        assert "test " in line
+
+
+def test_progress_line_shows_validation_best_epoch_and_patience(caplog):
+    caplog.set_level("INFO", logger="robustlab.progress")
+    Trainer(fresh(), epochs=3, batch_size=32, select="clean", early_stopping=4, progress=False).fit(
+        blobs(), blobs(n=30, seed=1)
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "robustlab.progress"]
+    assert len(lines) == 3
+    assert all(" val " in line and "best epoch " in line and "patience " in line for line in lines)
+    assert lines[0].endswith("patience 0/4") or "patience 0/4" in lines[0]
+
+
+def test_progress_bar_on_a_terminal_still_logs_one_line_per_epoch(caplog):
+    caplog.set_level("INFO", logger="robustlab.progress")
+    Trainer(fresh(), epochs=2, batch_size=32, progress=True).fit(blobs())
+    assert len([r for r in caplog.records if r.name == "robustlab.progress"]) == 2

@@ -73,9 +73,9 @@ class ChanceCheck:
     def __str__(self) -> str:
         return (
             f"the model classifies {100 * self.accuracy:.1f}% of {self.points} training points correctly "
-            f"(clean inputs, eval mode), no better than always predicting the most common label "
-            f"{self.majority_label} ({100 * self.majority_share:.1f}%); {100 * self.top_share:.0f}% of its "
-            f"predictions are class {self.top_prediction}"
+            f"(clean inputs, eval mode) against {100 * self.majority_share:.1f}% for always predicting the "
+            f"most common label, {self.majority_label}; {100 * self.top_share:.0f}% of its predictions are "
+            f"class {self.top_prediction}"
         )
 
 

@@ -57,7 +57,7 @@ from robustlab.errors import CheckpointError, ConfigError, InvalidInputError, No
 from robustlab.evaluate import robust_accuracy
 from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
-from robustlab.threads import parse_threads, thread_budget
+from robustlab.threads import thread_budget
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import EpochVerdict, chance_check
 from robustlab.train.objectives import ERM, Objective
@@ -249,7 +249,7 @@ class Trainer:
         )
         self.seed = check_int(seed, "seed", minimum=0)
         self.device = check_device(device)
-        self.threads = parse_threads(threads)
+        self.threads = None if threads is None else check_int(threads, "threads", minimum=1)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = None if progress is None else _flag(progress, "progress")
         self.callbacks = list(callbacks)
@@ -478,7 +478,10 @@ class Trainer:
                 f"lower the learning rate (train.lr, {self.lr:g} now) or add an lr warm-up "
                 f"(train.warmup_epochs), and check that the labels belong to the inputs"
             )
-        return f"training-at-chance: after epoch {epoch + 1}, {finding}. Likely fix: {fix}."
+        return (
+            f"training-at-chance: after epoch {epoch + 1} {finding}: no better than a constant "
+            f"prediction, so training has failed. Likely fix: {fix}."
+        )
 
     def _validate_and_select(self, run: _Run, val: Dataset, epoch: int, record: dict[str, Any]) -> None:
         """Clean (and, when due, robust) validation; best-checkpoint selection and early stopping."""

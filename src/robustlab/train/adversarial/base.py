@@ -14,7 +14,7 @@ from torch import nn
 from robustlab import attacks as _attacks
 from robustlab.attacks import ThreatModel, parse_eps
 from robustlab.attacks import base as _attack_base
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.losses import Loss
 from robustlab.train.objectives import (
     Objective,
@@ -63,6 +63,17 @@ def perturb(
 # =====================================================================================
 # Shared machinery
 # =====================================================================================
+def check_eps(value: float | str, name: str = "eps") -> float:
+    """A perturbation size: a number or a fraction such as ``"8/255"``, finite and >= 0
+    (booleans refused); the norm-specific upper bound is checked by the threat model."""
+    if isinstance(value, str):
+        try:
+            value = parse_eps(value)
+        except InvalidInputError:
+            raise ConfigError(f"{name} must be a number or a fraction such as 8/255, got {value!r}.") from None
+    return check_float(value, name, low=0.0)
+
+
 def relative_step(step_size: float | str | None, rel_step_size: float | None, eps: float, default: float) -> float:
     """Step size as a multiple of eps (so an eps warm-up scales the step too): from an
     absolute ``step_size`` (fractions such as ``"2/255"`` accepted) or ``rel_step_size``
@@ -70,8 +81,9 @@ def relative_step(step_size: float | str | None, rel_step_size: float | None, ep
     if step_size is not None and rel_step_size is not None:
         raise ConfigError("give step_size (absolute) or rel_step_size (relative to eps), not both.")
     if step_size is not None:
-        s = check_float(parse_eps(step_size) if isinstance(step_size, str) else step_size, "step_size",
-                        low=0.0, low_open=True)
+        s = check_eps(step_size, "step_size")
+        if s == 0:
+            raise ConfigError("step_size must be > 0 (a step of 0 never moves).")
         return s / eps if eps > 0 else 0.0
     if rel_step_size is None:
         return default
@@ -108,7 +120,7 @@ class AdversarialObjective(Objective):
         self.criterion = as_loss(loss, **lp)
         self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
         self.loss_params = lp
-        self.threat = ThreatModel(norm, parse_eps(eps))  # validates norm and eps
+        self.threat = ThreatModel(norm, check_eps(eps))  # the threat model checks the norm and eps's bound
         self.eps_warmup = check_float(eps_warmup, "eps_warmup", low=0.0)
         self.bn_mode = check_choice(self.default_bn_mode if bn_mode is None else bn_mode, "bn_mode", BN_MODES)
         self.attack: _attacks.Attack | None = None

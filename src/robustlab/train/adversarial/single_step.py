@@ -22,9 +22,9 @@ from robustlab.train.adversarial.base import (
     perturb,
     relative_step,
 )
-from robustlab.train.monitors import CatastrophicOverfittingCheck, EpochVerdict
+from robustlab.train.monitors import CO_ACTIONS, CatastrophicOverfittingCheck, EpochVerdict
 from robustlab.train.objectives import accuracy_metric, objectives
-from robustlab.validation import check_choice, check_float
+from robustlab.validation import check_choice, check_float, check_int, check_subset
 
 
 class _SingleStep(AdversarialObjective):
@@ -36,6 +36,11 @@ class _SingleStep(AdversarialObjective):
         self, co_check: bool, co_threshold: float, co_action: str, co_steps: int, co_batch_size: int | None
     ) -> None:
         self.co_check = bool(check_choice(co_check, "co_check", (True, False)))
+        # checked whether or not the check is on, so a bad value never waits to be switched on
+        check_float(co_threshold, "co_threshold", low=0.0, high=1.0, low_open=True)
+        check_choice(co_action, "co_action", CO_ACTIONS)
+        check_int(co_steps, "co_steps", minimum=1)
+        check_subset(co_batch_size, "co_batch_size")
         self.co = (
             CatastrophicOverfittingCheck(co_threshold, co_action, steps=co_steps, batch_size=co_batch_size)
             if self.co_check

@@ -38,6 +38,7 @@ from torch import nn
 from robustlab.data.base import Dataset
 from robustlab.errors import ConfigError, InvalidInputError, LabelError
 from robustlab.registry import Registry
+from robustlab.validation import check_int
 
 #: Methods that turn (labels, out-of-sample probabilities) into ranked suspects.
 issue_methods: Registry[Any] = Registry("label-issue method")
@@ -46,12 +47,6 @@ issue_methods: Registry[Any] = Registry("label-issue method")
 CROSS_FIT_DEFAULTS: dict[str, Any] = {"epochs": 20, "batch_size": 64, "lr": 0.05, "progress": False}
 
 ModelSpec = str | Callable[[Dataset], nn.Module]
-
-
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}.")
-    return int(value)
 
 
 def _labels_numpy(y: Any) -> np.ndarray:
@@ -71,8 +66,8 @@ def stratified_folds(labels: Any, folds: int, seed: int) -> np.ndarray:
     y = _labels_numpy(labels)
     if y.ndim != 1:
         raise LabelError(f"labels have shape {y.shape}; stratified folds need 1-D labels.")
-    folds = _check_int(folds, "folds", 2)
-    seed = _check_int(seed, "seed", 0)
+    folds = check_int(folds, "folds", minimum=2)
+    seed = check_int(seed, "seed", minimum=0)
     if folds > len(y):
         raise ConfigError(f"folds={folds} is more than the {len(y)} samples; use folds <= {len(y)}.")
     rng = np.random.default_rng(seed)
@@ -151,7 +146,7 @@ def cross_val_probs(
 
     if not isinstance(dataset, Dataset):
         raise ConfigError(f"dataset must be a robustlab Dataset, got {type(dataset).__name__}.")
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", minimum=0)
     fold_of = stratified_folds(dataset.y, folds, seed)
     if "checkpoint_dir" in trainer_kwargs:
         raise ConfigError("cross_val_probs trains one model per fold and takes no checkpoint_dir.")

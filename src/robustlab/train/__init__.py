@@ -27,7 +27,12 @@ from robustlab.train.adversarial import (
     done_weights,
 )
 from robustlab.train.ema import WeightEMA
-from robustlab.train.monitors import CatastrophicOverfittingCheck, EpochVerdict
+from robustlab.train.monitors import (
+    CatastrophicOverfittingCheck,
+    ChanceCheck,
+    EpochVerdict,
+    chance_check,
+)
 from robustlab.train.noisy import ELR, ELR_PRESETS, PSKD, CoTeaching
 from robustlab.train.objectives import ERM, Objective, available, create, objectives
 from robustlab.train.schedules import SCHEDULES, lr_factor
@@ -43,6 +48,7 @@ __all__ = [
     "AdvCompSum",
     "AdversarialObjective",
     "CatastrophicOverfittingCheck",
+    "ChanceCheck",
     "DONE",
     "ERM",
     "EpochVerdict",
@@ -56,6 +62,7 @@ __all__ = [
     "Trainer",
     "WeightEMA",
     "available",
+    "chance_check",
     "clean_accuracy_of",
     "create",
     "derive_seed",

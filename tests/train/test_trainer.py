@@ -340,6 +340,9 @@ def test_real_settings_refuse_booleans_nan_strings_and_negatives(name, bad):
         (dict(milestones=(0.5, "x")), "milestones"),
         (dict(select="best"), "select"),
         (dict(val_norm="linf"), "val_norm and val_eps"),
+        (dict(val_norm="linf", val_eps=True), "val_eps"),
+        (dict(val_norm="linf", val_eps="a/b"), "val_eps"),
+        (dict(val_norm="l3", val_eps=0.1), "norm"),
     ],
 )
 def test_other_settings_are_checked(kw, match):

@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +58,7 @@ from robustlab.evaluate import robust_accuracy
 from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
 from robustlab.threads import thread_budget
+from robustlab.train.adversarial.base import check_eps
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import EpochVerdict, chance_check
 from robustlab.train.objectives import ERM, Objective
@@ -260,6 +261,7 @@ class Trainer:
         self.scaler: Any = None
         self.resumed_from_epoch = 0
         self.threads_used: int | None = None
+        self._snapshot_before: dict[str, Any] | None = None  # weights an epoch began with (for a rollback)
         self._reset_run_state()
 
     def _init_validation(
@@ -285,10 +287,12 @@ class Trainer:
             raise ConfigError("early_stopping watches the select metric: set select='robust' or 'clean' as well.")
         if (val_norm is None) != (val_eps is None):
             raise ConfigError("give both val_norm and val_eps (or neither, to use the objective's threat model).")
-        self.val_threat = None if val_norm is None else attacks.ThreatModel(val_norm, val_eps)  # type: ignore[arg-type]
+        self.val_threat = (
+            None if val_norm is None or val_eps is None else attacks.ThreatModel(val_norm, check_eps(val_eps, "val_eps"))
+        )
         if val_attack is not None and not isinstance(val_attack, str):
             raise ConfigError(f"val_attack must be an attack registry name such as 'pgd', got {val_attack!r}.")
-        if val_attack_params is not None and not isinstance(val_attack_params, dict):
+        if val_attack_params is not None and not isinstance(val_attack_params, Mapping):
             raise ConfigError(f"val_attack_params must be a mapping of attack parameters, got {val_attack_params!r}.")
         self.val_attack_name = val_attack
         params = dict(val_attack_params or {})

@@ -583,6 +583,15 @@ def _parse_noise(text: str) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a RobustlabError is one clear line on stderr and exit code 2; usage
     errors exit 2 with click's message; Ctrl-C says how to resume and exits 130."""
+    logger = logging.getLogger("robustlab")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        return _main(argv)
+    finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _main(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="robustlab", standalone_mode=False)

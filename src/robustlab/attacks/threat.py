@@ -78,7 +78,10 @@ def draw(
 
 
 def parse_eps(value: float | str) -> float:
-    """Parse an eps written as a number or a fraction such as ``"8/255"``."""
+    """Parse an eps written as a number or a fraction such as ``"8/255"`` (booleans are
+    refused: ``True`` is not a budget)."""
+    if isinstance(value, bool):
+        raise EpsilonError(f"cannot read eps {value!r}; write a number like 0.1 or 8/255.")
     if isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip()

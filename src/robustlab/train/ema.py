@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.validation import check_choice, check_float
+from robustlab.validation import check_bool, check_float
 
 
 class WeightEMA:
@@ -21,7 +21,7 @@ class WeightEMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         self.decay = check_float(decay, "ema_decay", low=0.0, high=1.0, low_open=True, high_open=True)
-        self.warmup = bool(check_choice(warmup, "warmup", (True, False)))
+        self.warmup = check_bool(warmup, "warmup")
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -64,6 +64,7 @@ from robustlab.train.monitors import EpochVerdict, chance_check
 from robustlab.train.objectives import ERM, Objective
 from robustlab.train.schedules import SCHEDULES, lr_factor
 from robustlab.validation import (
+    check_bool,
     check_choice,
     check_device,
     check_float,
@@ -96,7 +97,7 @@ def _is_count(metric: str) -> bool:
 
 def _flag(value: Any, name: str) -> bool:
     """A yes/no parameter: ``True`` or ``False`` (not a string, not 2)."""
-    return bool(check_choice(value, name, (True, False)))
+    return check_bool(value, name)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from robustlab.train.adversarial.base import (
     relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
-from robustlab.validation import check_choice, check_int
+from robustlab.validation import check_bool, check_int
 
 
 @objectives.register("pgd-at", aliases=("madry",))
@@ -56,8 +56,8 @@ class PGDAT(AdversarialObjective):
         super().__init__(loss=loss, loss_params=loss_params, norm=norm, eps=eps, eps_warmup=eps_warmup, bn_mode=bn_mode)
         self.steps = check_int(steps, "steps", minimum=1)
         self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
-        self.random_start = bool(check_choice(random_start, "random_start", (True, False)))
-        self.clean_metrics = bool(check_choice(clean_metrics, "clean_metrics", (True, False)))
+        self.random_start = check_bool(random_start, "random_start")
+        self.clean_metrics = check_bool(clean_metrics, "clean_metrics")
         self.attack = make_attack(
             "pgd", steps=self.steps, rel_step_size=self.rel_step, random_start=self.random_start, loss="ce"
         )

@@ -15,7 +15,7 @@ from robustlab.train.adversarial.base import (
     relative_step,
 )
 from robustlab.train.objectives import accuracy_metric, objectives
-from robustlab.validation import check_choice, check_float, check_int
+from robustlab.validation import check_bool, check_float, check_int
 
 
 def done_weights(losses: torch.Tensor, r: float) -> torch.Tensor:
@@ -74,7 +74,7 @@ class DONE(AdversarialObjective):
         self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
         self.attack = make_attack(
             "pgd", steps=self.steps, rel_step_size=self.rel_step,
-            random_start=check_choice(random_start, "random_start", (True, False)), loss="ce"
+            random_start=check_bool(random_start, "random_start"), loss="ce"
         )
         self._record_params(locals())
 

@@ -24,7 +24,7 @@ from robustlab.train.adversarial.base import (
 )
 from robustlab.train.monitors import CO_ACTIONS, CatastrophicOverfittingCheck, EpochVerdict
 from robustlab.train.objectives import accuracy_metric, objectives
-from robustlab.validation import check_choice, check_float, check_int, check_subset
+from robustlab.validation import check_bool, check_choice, check_float, check_int, check_subset
 
 
 class _SingleStep(AdversarialObjective):
@@ -35,7 +35,7 @@ class _SingleStep(AdversarialObjective):
     def _init_co(
         self, co_check: bool, co_threshold: float, co_action: str, co_steps: int, co_batch_size: int | None
     ) -> None:
-        self.co_check = bool(check_choice(co_check, "co_check", (True, False)))
+        self.co_check = check_bool(co_check, "co_check")
         # checked whether or not the check is on, so a bad value never waits to be switched on
         check_float(co_threshold, "co_threshold", low=0.0, high=1.0, low_open=True)
         check_choice(co_action, "co_action", CO_ACTIONS)
@@ -313,7 +313,7 @@ class AAER(_SingleStep):
         self.lam2 = check_float(lam2, "lam2", low=0.0)
         self.lam3 = check_float(lam3, "lam3", low=0.0)
         self.alpha = check_float(alpha, "alpha", low=0.0, low_open=True)
-        self.clip = bool(check_choice(clip, "clip", (True, False)))
+        self.clip = check_bool(clip, "clip")
         self.noise = (1.0 if self.clip else 2.0) if noise is None else check_float(noise, "noise", low=0.0)
         self.step_warmup = check_float(step_warmup, "step_warmup", low=0.0)
         if self.threat.norm != "linf":

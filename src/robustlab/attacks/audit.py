@@ -38,7 +38,13 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, attacks
-from robustlab.attacks.engine import attack_mode, is_success, looks_like_probabilities, model_bounds
+from robustlab.attacks.engine import (
+    attack_mode,
+    frozen_buffers,
+    is_success,
+    looks_like_probabilities,
+    model_bounds,
+)
 from robustlab.attacks.losses import margin_loss
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import EpsilonError
@@ -64,16 +70,12 @@ class Flag:
 def _untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Restore the model's buffers (e.g. batch-norm statistics), module modes and the
     global RNG after passes that might change them."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), frozen_buffers(model):
         try:
             yield
         finally:
-            with torch.no_grad():
-                for b, v in saved:
-                    b.copy_(v)
             for m, was in modes:
                 m.training = was
 

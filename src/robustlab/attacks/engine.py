@@ -324,6 +324,19 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave the model's buffers (batch-norm running statistics and
+    counters) exactly as they were: they are saved and copied back on exit."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 BN_MODES = ("eval", "train", "keep")
 
 

@@ -28,14 +28,14 @@ def _not_empty(x: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (mode restored), on x's device."""
+    """Logits of ``model`` on ``x`` in eval mode (every module's mode restored), on x's device."""
     _not_empty(x, "predict_logits")
     check_int(batch_size, "batch_size", minimum=1)
     check_inputs(x, bounds=getattr(model, "input_bounds", (0.0, 1.0)))
     expected = getattr(model, "input_shape", None)
     if expected is not None:
         check_shape(x, expected)
-    was = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         dev = next(model.parameters()).device
@@ -44,16 +44,17 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024)
     try:
         out = [model(x[i : i + batch_size].to(dev)).float().to(x.device) for i in range(0, len(x), batch_size)]
     finally:
-        model.train(was)
+        for m, was in modes:
+            m.training = was
     return torch.cat(out)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (the exact fraction of correct points)."""
     _not_empty(x, "clean_accuracy")
     logits = predict_logits(model, x, batch_size=batch_size)
     check_labels(y, logits.shape[1], n=len(x))
-    return float((logits.argmax(1) == y.to(logits.device)).float().mean())
+    return int((logits.argmax(1) == y.to(logits.device)).sum()) / len(x)
 
 
 def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:

@@ -31,7 +31,7 @@ from torch import nn
 from robustlab import attacks as _attacks
 from robustlab.attacks import ThreatModel
 from robustlab.errors import ConfigError
-from robustlab.evaluate import robust_accuracy
+from robustlab.evaluate import predict_logits, robust_accuracy
 from robustlab.validation import check_choice, check_float, check_int, check_subset
 
 CO_ACTIONS = ("rollback", "stop", "record")
@@ -102,17 +102,7 @@ def chance_check(
     """
     if len(x) == 0:
         raise ConfigError("the chance check needs at least one point.")
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:
-        dev = x.device
-    try:
-        pred = torch.cat([model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-    finally:
-        for m, t in was:
-            m.training = t
+    pred = predict_logits(model, x, batch_size=batch_size).argmax(1).cpu()
     y = y.cpu().long()
     n = len(y)
     k = int(max(int(y.max()), int(pred.max())) + 1)

@@ -106,15 +106,12 @@ def accuracy_metric(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(1) == y).float()
 
 
-@objectives.register("erm")
-class ERM(Objective):
-    """Empirical risk minimisation: the mean of a per-sample loss from the losses registry.
+class CriterionObjective(Objective):
+    """An objective built around one per-sample loss from the losses registry (ERM and the
+    adversarial objectives): it hands the Trainer's hooks (dataset size, epochs, indices)
+    on to a stateful loss."""
 
-    ``ERM("gce", q=0.7)`` trains with GCE; ``ERM()`` with cross-entropy.
-    """
-
-    def __init__(self, loss: str | Loss = "ce", **loss_params: Any) -> None:
-        super().__init__()
+    def _init_criterion(self, loss: str | Loss, loss_params: dict[str, Any]) -> None:
         self.criterion = as_loss(loss, **loss_params)
         self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
         self.loss_params = dict(loss_params)
@@ -128,9 +125,22 @@ class ERM(Objective):
 
     def start_epoch(self, epoch: int, generator: torch.Generator) -> None:
         super().start_epoch(epoch, generator)
+        self.epoch = epoch
         hook = getattr(self.criterion, "start_epoch", None)
         if callable(hook):
             hook(epoch)
+
+
+@objectives.register("erm")
+class ERM(CriterionObjective):
+    """Empirical risk minimisation: the mean of a per-sample loss from the losses registry.
+
+    ``ERM("gce", q=0.7)`` trains with GCE; ``ERM()`` with cross-entropy.
+    """
+
+    def __init__(self, loss: str | Loss = "ce", **loss_params: Any) -> None:
+        super().__init__()
+        self._init_criterion(loss, loss_params)
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None

@@ -55,6 +55,7 @@ from robustlab._atomic import atomic_path
 from robustlab.data.base import Dataset
 from robustlab.errors import CheckpointError, ConfigError, InvalidInputError, NonFiniteInputError
 from robustlab.evaluate import robust_accuracy
+from robustlab.evaluate.metrics import clean_accuracy
 from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
 from robustlab.threads import thread_budget
@@ -858,16 +859,9 @@ class Trainer:
 def clean_accuracy_of(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024, device: Any = None
 ) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode, restored after)."""
-    was = model.training
-    model.eval()
-    dev = device or next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        pred = model(x[i : i + batch_size].to(dev)).argmax(1).cpu()
-        correct += int((pred == y[i : i + batch_size]).sum())
-    model.train(was)
-    return correct / max(len(x), 1)
+    """Fraction of ``x`` that ``model`` classifies as ``y``: the evaluation path's
+    :func:`robustlab.evaluate.clean_accuracy` (``device`` is where the model already is)."""
+    return clean_accuracy(model, x, y, batch_size=batch_size)
 
 
 __all__ = ["BEST_NAME", "CHANCE_POINTS", "CHECKPOINT_NAME", "DEFAULT_VAL_PGD", "Trainer", "clean_accuracy_of", "derive_seed"]

@@ -13,19 +13,17 @@ from torch import nn
 
 from robustlab import attacks as _attacks
 from robustlab.attacks import ThreatModel, parse_eps
-from robustlab.attacks import base as _attack_base
+from robustlab.attacks import engine as _engine
 from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.losses import Loss
 from robustlab.train.objectives import (
-    Objective,
+    CriterionObjective,
     accuracy_metric,
     apply_loss,
-    as_loss,
-    loss_setup,
 )
 from robustlab.validation import check_choice, check_float
 
-BN_MODES = _attack_base.BN_MODES  # ("eval", "train", "keep")
+BN_MODES = _engine.BN_MODES  # ("eval", "train", "keep")
 
 
 # =====================================================================================
@@ -96,7 +94,7 @@ def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch
     return (log_p.exp() * (log_p - adv_logits.log_softmax(1))).sum(1)
 
 
-class AdversarialObjective(Objective):
+class AdversarialObjective(CriterionObjective):
     """Base class: threat model, eps warm-up, batch-norm mode, composable loss, one attack.
 
     Subclasses set :attr:`attack` in ``__init__`` (with :func:`make_attack`) and implement
@@ -116,10 +114,7 @@ class AdversarialObjective(Objective):
         bn_mode: str | None = None,
     ) -> None:
         super().__init__()
-        lp = dict(loss_params or {})
-        self.criterion = as_loss(loss, **lp)
-        self.loss_name = loss if isinstance(loss, str) else getattr(type(loss), "registry_name", type(loss).__name__)
-        self.loss_params = lp
+        self._init_criterion(loss, dict(loss_params or {}))
         self.threat = ThreatModel(norm, check_eps(eps))  # the threat model checks the norm and eps's bound
         self.eps_warmup = check_float(eps_warmup, "eps_warmup", low=0.0)
         self.bn_mode = check_choice(self.default_bn_mode if bn_mode is None else bn_mode, "bn_mode", BN_MODES)
@@ -137,20 +132,6 @@ class AdversarialObjective(Objective):
             self._params[name] = v
 
     # -- Objective hooks ------------------------------------------------------------
-    @property
-    def needs_indices(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.criterion, "needs_indices", False))
-
-    def setup(self, num_samples: int, num_classes: int) -> None:
-        loss_setup(self.criterion, num_samples, num_classes)
-
-    def start_epoch(self, epoch: int, generator: torch.Generator) -> None:
-        super().start_epoch(epoch, generator)
-        self.epoch = epoch
-        hook = getattr(self.criterion, "start_epoch", None)
-        if callable(hook):
-            hook(epoch)
-
     def check_training(self, epochs: int) -> None:
         if self.eps_warmup > epochs:
             raise ConfigError(

@@ -3,8 +3,7 @@ Flammarion 2020) and AAER (Lin et al. 2023), with the optional catastrophic-over
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import ThreatModel
-from robustlab.attacks import base as _attack_base
+from robustlab.attacks import engine as _engine
+from robustlab.attacks.engine import frozen_buffers
 from robustlab.errors import ConfigError
 from robustlab.losses import Loss
 from robustlab.train.adversarial.base import (
@@ -193,7 +193,7 @@ class GradAlign(_SingleStep):
         metrics = {"adv_accuracy": accuracy_metric(logits_adv, y), "accuracy": clean_accuracy_metric(model, x, y)}
         threat = self.current_threat()
         if self.lam > 0 and threat.eps > 0:
-            bounds = _attack_base.model_bounds(model)
+            bounds = _engine.model_bounds(model)
             x_noise = threat.random_start(x, bounds, self.generator)
             g1 = _input_gradient(model, x, y, create_graph=False)
             g2 = _input_gradient(model, x_noise, y, create_graph=True)
@@ -210,19 +210,6 @@ class GradAlign(_SingleStep):
 def _l2_square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over rows of the squared Euclidean distance (AAER's ``l2_square``)."""
     return ((a - b) ** 2).sum(1).mean(0)
-
-
-@contextlib.contextmanager
-def frozen_buffers(model: nn.Module) -> Iterator[None]:
-    """Forward passes inside leave the model's buffers (batch-norm running statistics and
-    counters) exactly as they were: they are saved and copied back on exit."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
 
 
 @objectives.register("aaer")
@@ -347,12 +334,12 @@ class AAER(_SingleStep):
         threat = self.current_threat()
         eps = threat.eps
         w = self.step_factor()
-        bounds = _attack_base.model_bounds(model)
+        bounds = _engine.model_bounds(model)
         if self.noise > 0 and eps > 0:
             x0 = threat.random_start(x, bounds, self.generator, eps=self.noise * eps)
         else:
             x0 = x.detach().clone()
-        with torch.no_grad(), _attack_base.generation_mode(model, self.bn_mode):
+        with torch.no_grad(), _engine.generation_mode(model, self.bn_mode):
             logits0 = model(x0).float()  # the official forward pass at x_0 (running statistics update 1)
         ce0 = F.cross_entropy(logits0, y, reduction="none")
         self._start = (x0, logits0, ce0)

@@ -21,11 +21,13 @@ def test_batch_macs_counts_linear_and_conv_work_exactly():
 def test_the_rule_gives_one_thread_to_small_work_and_more_to_large(monkeypatch):
     small = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     assert threads.choose_threads(small, torch.rand(512, 1, 8, 8), max_threads=8) == 1
-    big = nn.Linear(4096, 4096)  # 512 x 16.8M = 8.6G MACs: 1 + 8.6G // 2G = 5 threads
-    x = torch.rand(512, 4096)
+    big = nn.Linear(1024, 1024)  # 256 x 1.05M = 268M MACs: 1 + 268M // 150M = 2 threads
+    x = torch.rand(256, 1024)
     macs = threads.batch_macs(big, x)
-    assert threads.choose_threads(big, x, max_threads=8) == 1 + macs // threads.MACS_PER_EXTRA_THREAD == 5
-    assert threads.choose_threads(big, x, max_threads=2) == 2
+    assert threads.choose_threads(big, x, max_threads=8) == 1 + macs // threads.MACS_PER_EXTRA_THREAD == 2
+    huge = torch.rand(4096, 1024)  # 16 x as much work: all 8 cores
+    assert threads.choose_threads(big, huge, max_threads=8) == 8
+    assert threads.choose_threads(big, huge, max_threads=2) == 2
 
 
 def test_thread_budget_restores_and_follows_precedence(monkeypatch):

@@ -132,10 +132,13 @@ def batch_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total * len(x)
 
 
-#: one more thread per this many multiply-accumulates in a batch's forward pass
-#: (measured in benchmarks/threads: below it a second thread does not make a training
-#: step 1.5x faster even on a quiet machine, and costs a lot on a shared one)
-MACS_PER_EXTRA_THREAD = 2_000_000_000
+#: one more thread per this many multiply-accumulates in a batch's forward pass. Measured
+#: in benchmarks/threads (2 cores, quiet): a forward+backward pass with 2 threads was
+#: 0.92-1.45x as fast as with 1 for batches of 0.003-0.043 GMAC (the bench suite's MLP
+#: and CNN on 8x8 digits) and 1.6-2.0x for 0.156-17.8 GMAC (a CNN on 28x28 MNIST, a
+#: ResNet-18 on 32x32): below this a second thread does not pay for itself even on a quiet
+#: machine, and on a shared one it costs many times over.
+MACS_PER_EXTRA_THREAD = 150_000_000
 
 
 def choose_threads(model: nn.Module, x: torch.Tensor, *, max_threads: int | None = None) -> int:

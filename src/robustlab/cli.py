@@ -36,8 +36,8 @@ LOG_WIDTH = 80
 @app.callback()
 def _global(
     threads: Optional[str] = typer.Option(
-        None, "--threads", help="CPU threads for torch: a number, or 'auto' (default: one thread for small "
-        "models, measured to be fastest and fair on a shared machine; also $ROBUSTLAB_THREADS).",
+        None, "--threads", help="CPU threads for torch: a number, or 'auto' (default: robustlab's rule, one thread "
+        "for small per-batch work; also $ROBUSTLAB_THREADS).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only results and errors."),
 ) -> None:
@@ -330,8 +330,7 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Evaluate saved weights: clean accuracy, calibration and robust accuracy (stored as a run
-    in suite 'evaluations', like `robustlab attack`, which prints more detail)."""
+    """Evaluate saved weights: clean accuracy, calibration and robust accuracy (stored as a run in suite 'evaluations'; `robustlab attack` prints more detail)."""
     import inspect
 
     from robustlab.attacks import attacks
@@ -407,8 +406,7 @@ def attack(
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Robust accuracy under an attack (default: the standard ensemble) at each eps, after each
-    ensemble member and per class, with the audit's flags; stored as a run (suite 'evaluations')."""
+    """Robust accuracy under an attack (default: the standard ensemble) per eps, ensemble member and class, with the audit's flags (stored as a run in suite 'evaluations')."""
     import json
 
     from robustlab._atomic import atomic_path

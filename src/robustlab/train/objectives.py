@@ -130,6 +130,13 @@ class CriterionObjective(Objective):
         if callable(hook):
             hook(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "criterion" in state:
+            self.criterion.load_state_dict(state["criterion"])
+
 
 @objectives.register("erm")
 class ERM(CriterionObjective):
@@ -147,13 +154,6 @@ class ERM(CriterionObjective):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(x)
         return apply_loss(self.criterion, logits, y, index), {"accuracy": accuracy_metric(logits, y)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"criterion": self.criterion.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "criterion" in state:
-            self.criterion.load_state_dict(state["criterion"])
 
     def get_params(self) -> dict[str, Any]:
         return {"loss": self.loss_name, **self.loss_params}

@@ -144,13 +144,6 @@ class AdversarialObjective(CriterionObjective):
         """The eps warm-up (``eps_warmup`` epochs)."""
         return self.eps_warmup
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"criterion": self.criterion.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "criterion" in state:
-            self.criterion.load_state_dict(state["criterion"])
-
     def get_params(self) -> dict[str, Any]:
         return dict(self._params)
 

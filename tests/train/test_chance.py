@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from robustlab import data, models
-from robustlab.data.base import Dataset
 from robustlab.data.noise import corrupt_labels
 from robustlab.train import ERM, PGDAT, Trainer, create, derive_seed
 from robustlab.train.monitors import CHANCE_MARGIN, chance_check
+from tests.train.helpers import Net, blobs
 
 MNIST_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist-t10k"
 needs_mnist = pytest.mark.skipif(
@@ -25,29 +25,10 @@ needs_mnist = pytest.mark.skipif(
 )
 
 
-def blobs(n=240, d=6, k=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.rand(k, d, generator=g)
-    y = torch.arange(n) % k
-    x = (centers[y] + 0.08 * torch.randn(n, d, generator=g)).clamp(0, 1)
-    return Dataset(x=x, y=y, num_classes=k, name="blobs")
-
-
-class Net(nn.Module):
-    def __init__(self, d=6, k=3):
-        super().__init__()
-        self.input_shape = (d,)
-        self.num_classes = k
-        self.body = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, k))
-
-    def forward(self, x):
-        return self.body(x)
-
-
 def fresh(seed=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Net()
+        return Net(dropout=0.0)
 
 
 class Constant(nn.Module):
@@ -129,8 +110,8 @@ def test_heavy_symmetric_label_noise_is_not_chance():
 def force_constant(model):
     """Make ``Net`` predict class 1 whatever the input."""
     with torch.no_grad():
-        model.body[2].weight.zero_()
-        model.body[2].bias.copy_(torch.tensor([0.0, 50.0, 0.0]))
+        model.body[-1].weight.zero_()
+        model.body[-1].bias.copy_(torch.tensor([0.0, 50.0, 0.0]))
 
 
 class Collapse(ERM):

@@ -9,25 +9,7 @@ from torch import nn
 from robustlab.data.base import Dataset
 from robustlab.errors import CheckpointError, ConfigError, LabelError, ShapeMismatchError
 from robustlab.train import ERM, Trainer, WeightEMA, lr_factor
-
-
-def blobs(n=240, d=6, k=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.rand(k, d, generator=g)
-    y = torch.arange(n) % k
-    x = (centers[y] + 0.08 * torch.randn(n, d, generator=g)).clamp(0, 1)
-    return Dataset(x=x, y=y, num_classes=k, name="blobs")
-
-
-class Net(nn.Module):
-    def __init__(self, d=6, k=3, dropout=0.2):
-        super().__init__()
-        self.input_shape = (d,)
-        self.num_classes = k
-        self.body = nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, k))
-
-    def forward(self, x):
-        return self.body(x)
+from tests.train.helpers import Net, blobs
 
 
 def fresh(seed=0):

@@ -342,24 +342,19 @@ def evaluate_weights(
     from robustlab import data as data_mod
     from robustlab.evaluate import Measurement, evaluate
     from robustlab.models import load_model, weights_sha256
-    from robustlab.validation import check_device, check_subset, default_device
+    from robustlab.validation import check_device, check_int, default_device
 
     if measurements is None:
         measurements = [Measurement(attack, norm, list(eps), dict(attack_params or {}), subset, audit)]
     measurements = list(measurements)
-    for m in measurements:
-        m.build()  # refuses bad names, parameters, eps, subsets, audit modes
-        check_subset(m.subset)
+    specs = [_measurement_dict(m) for m in measurements]  # refuses bad names, parameters, eps, subsets
     dev = check_device(device or default_device())
     if batch_size != "auto":
-        from robustlab.validation import check_int
-
         check_int(batch_size, "batch_size", minimum=1)
     net = load_model(weights, factory=factory)
     ds = data_mod.load(data, split, root=root, seed=seed)
     sha = weights_sha256(net)
     model_cfg = getattr(net, "robustlab_config", None) or {"name": factory or "user"}
-    specs = [_measurement_dict(m) for m in measurements]
     config = {
         "kind": "evaluation",
         "seed": seed,

@@ -1,0 +1,1 @@
+"""Certified robustness: randomized smoothing (and, later, bound propagation)."""

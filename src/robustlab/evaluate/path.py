@@ -50,6 +50,7 @@ from robustlab.attacks.audit import audit as run_audit
 from robustlab.attacks.audit import check_monotone
 from robustlab.attacks.engine import model_device
 from robustlab.attacks.threat import parse_eps
+from robustlab.certify.base import Certification, Certifier, certifiers
 from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.evaluate.metrics import (
     auto_batch_size,
@@ -73,19 +74,27 @@ from robustlab.threads import thread_budget
 from robustlab.validation import check_device, check_int, check_labels, check_subset
 
 AUDIT_MODES: tuple[bool | str, ...] = (True, False, "cheap")
+#: the kinds of measurement: an attack (robust accuracy, an upper bound) or a certifier
+#: (certified accuracy, a lower bound)
+KINDS: tuple[str, ...] = ("attack", "certify")
+#: integer per-point records of points a measurement did not cover (-1 is an abstention)
+NOT_MEASURED = -2
 
 
 @dataclass
 class Measurement:
-    """One attack at one or several eps: ``Measurement("pgd", "linf", [0.05, 0.1], {"steps": 20})``.
+    """One attack at one or several eps: ``Measurement("pgd", "linf", [0.05, 0.1], {"steps": 20})``,
+    or one certificate at one or several radii:
+    ``Measurement("smoothing", "l2", [0, 0.25, 0.5], {"sigma": 0.25, "n": 10_000}, kind="certify")``.
 
-    ``attack``: a registry name (``robustlab ls attacks``) or an :class:`Attack`;
+    ``attack``: a registry name (``robustlab ls attacks``; for ``kind="certify"``,
+    ``robustlab ls certifiers``) or an :class:`Attack` (a :class:`Certifier`);
     ``params``: its parameters (with a name only); ``eps``: numbers or fractions such
     as ``"8/255"``; ``subset``: measure on N points of the call's fixed seeded
     permutation (None: all points); ``audit``: ``True``, ``"cheap"`` or ``False``.
     """
 
-    attack: str | Attack = "standard"
+    attack: str | Attack | Certifier = "standard"
     norm: str = "linf"
     eps: Sequence[float | str] = (8 / 255,)
     params: dict[str, Any] = field(default_factory=dict)
@@ -93,13 +102,15 @@ class Measurement:
     audit: bool | str = True
     kind: str = "attack"
 
-    def build(self) -> tuple[str, Attack, list[ThreatModel]]:
-        """Check the measurement and build its attack and threat models (no work)."""
-        if self.kind != "attack":
-            raise ConfigError(f"unknown measurement kind {self.kind!r}; robustlab measures 'attack' here.")
+    def build(self) -> tuple[str, Attack | Certifier, list[ThreatModel]]:
+        """Check the measurement and build its attack (or certifier) and threat models (no work)."""
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown measurement kind {self.kind!r}; robustlab measures {', '.join(map(repr, KINDS))}.")
         if self.audit not in AUDIT_MODES:
             raise ConfigError(f"audit must be True, False or 'cheap', got {self.audit!r}.")
         check_subset(self.subset)
+        if self.kind == "certify":
+            return self._build_certifier()
         if isinstance(self.attack, str):
             atk = create_attack(self.attack, **dict(self.params))
             name = attacks.canonical(self.attack)
@@ -112,6 +123,20 @@ class Measurement:
             raise ConfigError(f"attack must be a registry name or an Attack, got {self.attack!r}.")
         threats = as_threats(self.eps, self.norm)
         return name, atk, threats
+
+    def _build_certifier(self) -> tuple[str, Certifier, list[ThreatModel]]:
+        if isinstance(self.attack, Certifier):
+            if self.params:
+                raise ConfigError("certifier parameters go with a certifier name, not with a Certifier object.")
+            cert, name = self.attack, getattr(type(self.attack), "registry_name", type(self.attack).__name__)
+        elif isinstance(self.attack, str):
+            cert = certifiers.create(self.attack, **dict(self.params))
+            name = certifiers.canonical(self.attack)
+        else:
+            raise ConfigError(f"a certify measurement names a certifier (e.g. 'smoothing'), got {self.attack!r}.")
+        threats = sorted({t.eps: t for t in as_threats(self.eps, self.norm)}.values(), key=lambda t: t.eps)
+        cert.check(threats[0].norm, [t.eps for t in threats])
+        return name, cert, threats
 
 
 #: the name the experiments and older code use for a measurement
@@ -400,6 +425,7 @@ def evaluate(
         records["confidence"] = conf.cpu().numpy()
     rows: list[ResultRow] = []
     reports: list[AttackReport] = []
+    certifications: list[Certification] = []
     attack_seconds: list[dict[str, Any]] = []
     dev = model_device(model) or x.device
     plans = []
@@ -413,6 +439,19 @@ def evaluate(
         with thread_budget(model, x[:bs].to(dev), threads=threads) as used_threads, \
                 Progress("evaluating", total=total_points, show=progress, unit="pt") as bar:
             for m, name, atk, threats, idx in plans:
+                if isinstance(atk, Certifier):
+                    cert = atk.run(model, x[idx], y[idx], [t.eps for t in threats], num_classes=k, indices=idx,
+                                   seed=derive_seed("certify", seed, name), batch_size=bs, progress=bar)
+                    certifications.append(cert)
+                    rows.extend(_certify_rows(m, name, atk, threats, cert, y[idx], idx, n, k, records))
+                    attack_seconds.append({"attack": name, "norm": threats[0].norm, "seconds": cert.seconds,
+                                           "audit_seconds": 0.0})
+                    if progress is not False:
+                        accs = ", ".join(f"r={t.eps:.4g} {100 * rows[-len(threats) + j].accuracy:.1f}%"
+                                         for j, t in enumerate(threats))
+                        bar.note(f"{name} {threats[0].norm} on {len(idx)} of {n} points: certified {accs} "
+                                 f"({format_seconds(cert.seconds)})")
+                    continue
                 seed_m = derive_seed("attack", seed, name, threats[0].norm)
                 gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(seed_m)
                 rep = _measure(
@@ -449,17 +488,54 @@ def evaluate(
         rows=rows,
         reports=reports,
         records=records,
+        certifications=certifications,
         seconds=time.perf_counter() - t_start,
         attack_seconds=attack_seconds,
         threads=used_threads,
     )
 
 
+def _certify_rows(
+    m: Measurement, name: str, cert: Certifier, threats: list[ThreatModel], res: Certification,
+    y: torch.Tensor, idx: torch.Tensor, n: int, num_classes: int, records: dict[str, np.ndarray],
+) -> list[ResultRow]:
+    """One row of kind ``certify`` per radius (``accuracy``: certified accuracy) and the
+    per-point records ``certify/<name>/<norm>/<tag>/{predict,radius}`` (``tag``: the
+    certifier's parameters that tell two measurements apart, e.g. ``sigma=0.25``; points
+    not measured hold NaN, or :data:`NOT_MEASURED` in integer records)."""
+    y_cpu = y.detach().cpu().long()
+    params = jsonable(cert.get_params())
+    pset = point_set_id(idx, n)
+    clean_acc = int((res.predict == y_cpu).sum()) / len(y_cpu)
+    rows = []
+    for t in threats:
+        mask = res.certified[t.eps]
+        acc = int(mask.sum()) / len(mask)
+        rows.append(ResultRow(
+            attack=name, norm=t.norm, eps=t.eps, accuracy=acc, num_points=len(idx), num_total=n, point_set=pset,
+            protocol=cert.protocol or name, params=params, stages=[name], per_attack={"clean": clean_acc, name: acc},
+            per_class=per_class_accuracy(torch.where(mask, y_cpu, -1), y_cpu, num_classes),
+            forwards=res.forwards, backwards=0, subset=m.subset, kind="certify",
+            extra=dict(res.extra.get(t.eps, {})),
+        ))
+    tag = ",".join(f"{k}={v:g}" for k, v in params.items() if k == "sigma" and isinstance(v, (int, float))) or "default"
+    for key, values in res.records.items():
+        arr = np.asarray(values)
+        floating = arr.dtype.kind == "f"
+        full = np.full(n, np.nan if floating else NOT_MEASURED, dtype=np.float64 if floating else np.int64)
+        full[idx.numpy()] = arr
+        records[f"certify/{name}/{threats[0].norm}/{tag}/{key}"] = full
+    return rows
+
+
 def _flag_non_monotone(rows: list[ResultRow]) -> None:
     """``non-monotone-eps`` on every row of an attack, norm and point set whose robust
-    accuracy rises with eps across measurements (within one measurement it cannot)."""
+    accuracy rises with eps across measurements (within one measurement it cannot).
+    Certificate rows are left out: different certifier settings are different models."""
     groups: dict[tuple[str, str, str], list[ResultRow]] = {}
     for r in rows:
+        if r.kind != "attack":
+            continue
         groups.setdefault((r.attack, r.norm, r.point_set), []).append(r)
     for group in groups.values():
         for flag in check_monotone([r.eps for r in group], [r.accuracy for r in group]):
@@ -473,7 +549,7 @@ def attack_report(
     x: torch.Tensor,
     y: torch.Tensor,
     threats_or_eps: Any,
-    attack: str | Attack = "standard",
+    attack: str | Attack | Certifier = "standard",
     *,
     norm: str | None = None,
     batch_size: int | str = "auto",
@@ -513,7 +589,7 @@ def robust_accuracy(
     x: torch.Tensor,
     y: torch.Tensor,
     threat: ThreatModel | Sequence[ThreatModel],
-    attack: str | Attack = "standard",
+    attack: str | Attack | Certifier = "standard",
     *,
     batch_size: int | str = 512,
     generator: torch.Generator | None = None,

@@ -3,9 +3,12 @@
 :class:`ResultRow` is the row the CLI prints, the store keeps (``metrics["robust"]``),
 the report draws and the benchmarks read. One row is one measurement at one budget:
 
-- ``kind``: ``"attack"`` (later kinds — certificates, corruptions, detectors — add rows
-  of their own kind, not new entry points);
-- ``attack``, ``norm``, ``eps``, ``accuracy`` (robust accuracy: correct and not broken);
+- ``kind``: ``"attack"`` or ``"certify"`` (later kinds — corruptions, detectors — add
+  rows of their own kind, not new entry points);
+- ``attack``, ``norm``, ``eps``, ``accuracy``: for an attack, robust accuracy (correct
+  and not broken) at budget ``eps``; for a certificate, ``attack`` names the certifier
+  (``smoothing``) and ``accuracy`` is the certified accuracy at radius ``eps`` (correct
+  and certified there; abstentions count as wrong);
 - ``num_points`` (points measured), ``num_total`` (points in the split), ``subset``
   (the requested N, or None for all), ``point_set`` (a short id of the measured indices:
   equal ids mean the same points, so results on different points are never compared
@@ -16,7 +19,9 @@ the report draws and the benchmarks read. One row is one measurement at one budg
   order);
 - ``per_class`` (robust accuracy per true class, None where absent);
 - ``forwards``/``backwards`` (samples passed through the model at this budget);
-- ``flags``/``flag_codes`` (audit findings, ``"code: sentence"`` and the codes alone).
+- ``flags``/``flag_codes`` (audit findings, ``"code: sentence"`` and the codes alone);
+- ``extra`` (kind-specific numbers, stored only when present: a certificate's
+  high-probability lower bound ``lower`` on the certified accuracy).
 
 Wall-clock timings stay out of rows (reruns must compare equal).
 """
@@ -78,6 +83,7 @@ class ResultRow:
     flags: list[str] = field(default_factory=list)
     flag_codes: list[str] = field(default_factory=list)
     kind: str = "attack"
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def add_flag(self, flag: Flag) -> None:
         if flag.code not in self.flag_codes:
@@ -104,6 +110,7 @@ class ResultRow:
             "backwards": self.backwards,
             "flags": list(self.flags),
             "flag_codes": list(self.flag_codes),
+            **({"extra": jsonable(self.extra)} if self.extra else {}),
         }
 
 
@@ -270,7 +277,8 @@ class Evaluation:
 
     ``clean``: ``clean_accuracy``, ``ece``, ``per_class_accuracy``, ``num_test``;
     ``rows``: one :class:`ResultRow` per measurement and budget; ``reports``: the full
-    :class:`AttackReport` of each measurement (same order as the measurements);
+    :class:`AttackReport` of each attack measurement (in order); ``certifications``: the
+    :class:`~robustlab.certify.base.Certification` of each certify measurement (in order);
     ``records``: per-sample arrays (``index``, ``label``, ``pred``, ``confidence``, and
     one ``robust/<attack>/<norm>/<eps>`` int8 array per row: 1 robust, 0 not, -1 not
     measured); ``seconds``/``attack_seconds``: wall-clock timings; ``threads``: the
@@ -281,6 +289,7 @@ class Evaluation:
     rows: list[ResultRow]
     reports: list[AttackReport]
     records: dict[str, np.ndarray]
+    certifications: list[Any] = field(default_factory=list)
     seconds: float = 0.0
     attack_seconds: list[dict[str, Any]] = field(default_factory=list)
     threads: int | None = None

@@ -1,0 +1,155 @@
+"""Certifiers: the ``certify`` kind of measurement of the evaluation path.
+
+A :class:`Certifier` turns a model and points into per-point certificates at one or
+several radii; :func:`robustlab.evaluate.evaluate` runs it for a
+``Measurement(kind="certify", attack=<certifier name>, norm=..., eps=<radii>, params=...)``
+and stores one :class:`~robustlab.evaluate.results.ResultRow` of kind ``"certify"`` per
+radius, whose ``accuracy`` is the *certified* accuracy (correct and certified at that
+radius). Certifiers live in the ``certifiers`` registry (``robustlab ls certifiers``):
+
+>>> from robustlab.certify import certifiers
+>>> certifiers.create("smoothing", sigma=0.25, n=10_000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustlab.certify import stats
+from robustlab.certify.smoothing import CertificationResult, certify_dataset
+from robustlab.errors import ConfigError
+from robustlab.progress import Progress
+from robustlab.registry import Registry
+from robustlab.validation import check_int
+
+certifiers: Registry[Certifier] = Registry("certifier")
+
+
+@dataclass
+class Certification:
+    """A certifier's output on ``N`` points: ``certified[r]`` (bool per point: correct
+    and certified at radius ``r``), ``predict`` (the certified model's prediction, -1 for
+    an abstention), ``radius`` (per point, when the certifier computes one), ``forwards``
+    (samples passed through the model), per-point ``records`` to store, and ``extra``
+    numbers per radius (e.g. a high-probability lower bound)."""
+
+    certified: dict[float, torch.Tensor]
+    predict: torch.Tensor
+    radius: torch.Tensor | None = None
+    forwards: int = 0
+    seconds: float = 0.0
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[float, dict[str, float]] = field(default_factory=dict)
+    details: Any = None
+
+
+class Certifier:
+    """Base class: ``check(norm, radii)`` before any work, ``run(...)`` to certify."""
+
+    protocol: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("l2",)
+
+    def get_params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check(self, norm: str, radii: Sequence[float]) -> None:
+        if norm not in self.norms:
+            name = getattr(type(self), "registry_name", type(self).__name__)
+            raise ConfigError(
+                f"the {name!r} certificate covers the {', '.join(self.norms)} norm, not {norm!r}; "
+                f"use norm={self.norms[0]!r}."
+            )
+        if any(r < 0 for r in radii):
+            raise ConfigError(f"radii must be non-negative, got {list(radii)}.")
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        radii: Sequence[float],
+        *,
+        num_classes: int,
+        indices: torch.Tensor,
+        seed: int,
+        batch_size: int,
+        progress: Progress | None,
+    ) -> Certification:
+        raise NotImplementedError
+
+
+@certifiers.register("smoothing")
+class SmoothingCertifier(Certifier):
+    """Randomized smoothing's CERTIFY over points (Cohen et al. 2019; see
+    :mod:`robustlab.certify.smoothing`), at noise level ``sigma`` with ``n0`` selection
+    and ``n`` estimation samples at level ``alpha`` (the paper's defaults: 100, 100,000,
+    0.001). A point is certified at radius ``r`` when its certificate is correct and its
+    radius is at least ``r``. Each point's noise derives from ``(seed, point index)``.
+    ``extra`` per radius: ``lower`` (:func:`~robustlab.certify.stats.accuracy_lower_bound`
+    at ``gamma``)."""
+
+    protocol = "robustlab-smoothing/1"
+    norms = ("l2",)
+
+    def __init__(self, sigma: float = 0.25, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+                 gamma: float = 0.001) -> None:
+        self.sigma = stats.check_sigma(sigma)
+        self.n0 = check_int(n0, "n0", minimum=1)
+        self.n = check_int(n, "n", minimum=1)
+        self.alpha = stats.check_alpha(alpha)
+        self.gamma = stats.check_alpha(gamma, "gamma")
+        stats.check_budget(self.n, self.alpha)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha, "gamma": self.gamma}
+
+    def check(self, norm: str, radii: Sequence[float]) -> None:
+        super().check(norm, radii)
+        stats.check_radii(list(radii), self.n, self.alpha, self.sigma)
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        radii: Sequence[float],
+        *,
+        num_classes: int,
+        indices: torch.Tensor,
+        seed: int,
+        batch_size: int,
+        progress: Progress | None,
+    ) -> Certification:
+        res: CertificationResult = certify_dataset(
+            model, x, y, self.sigma, num_classes=num_classes, n0=self.n0, n=self.n, alpha=self.alpha,
+            batch_size=batch_size, seed=seed, indices=indices, progress=progress if progress is not None else False,
+        )
+        certified = {float(r): torch.from_numpy(res.certified(r)) for r in radii}
+        extra = {
+            float(r): {"lower": res.certified_accuracy_lower(r, gamma=self.gamma)} for r in radii
+        }
+        return Certification(
+            certified=certified,
+            predict=torch.from_numpy(res.predict),
+            radius=torch.from_numpy(res.radius),
+            forwards=(self.n0 + self.n) * len(x),
+            seconds=float(res.seconds.sum()),
+            records={"predict": res.predict, "radius": res.radius},
+            extra=extra,
+            details=res,
+        )
+
+
+def create(name: str, /, **params: Any) -> Certifier:
+    """Build a registered certifier: ``create("smoothing", sigma=0.5)``."""
+    return certifiers.create(name, **params)
+
+
+def available(pattern: str = "*") -> list[str]:
+    return certifiers.available(pattern)

@@ -226,14 +226,49 @@ class AttackConfig(_Strict):
         return [parse_eps(e) for e in items]
 
 
+    def measurement(self) -> Any:
+        """This attack as a :class:`robustlab.evaluate.Measurement`."""
+        from robustlab.evaluate import Measurement
+
+        return Measurement(self.name, self.norm, self.eps, dict(self.params), self.subset, self.audit)
+
+
+class CertifyConfig(_Strict):
+    """One certificate at one or several radii: ``{method: smoothing, radii: [0, 0.25, 0.5],
+    params: {sigma: 0.25, n: 100000}, subset: 100}`` (``robustlab ls certifiers``; the
+    radii are in the input space, like eps)."""
+
+    method: str = "smoothing"
+    norm: str = "l2"
+    radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5])
+    params: dict[str, Any] = Field(default_factory=dict)
+    subset: int | None = Field(None, ge=1)
+
+    @field_validator("radii", mode="before")
+    @classmethod
+    def _parse_radii(cls, v: Any) -> Any:
+        return AttackConfig._parse_eps(v)
+
+    def measurement(self) -> Any:
+        """This certificate as a :class:`robustlab.evaluate.Measurement` of kind ``certify``."""
+        from robustlab.evaluate import Measurement
+
+        return Measurement(self.method, self.norm, self.radii, dict(self.params), self.subset, False, kind="certify")
+
+
 class EvaluateConfig(_Strict):
-    """Attacks run on the final model; ``per_epoch_test`` also records the clean test
-    accuracy after every epoch (watched only, never used for a decision), so runs report
-    last-epoch and best-epoch test accuracy."""
+    """Attacks and certificates run on the final model; ``per_epoch_test`` also records
+    the clean test accuracy after every epoch (watched only, never used for a decision),
+    so runs report last-epoch and best-epoch test accuracy."""
 
     attacks: list[AttackConfig] = Field(default_factory=list)
+    certify: list[CertifyConfig] = Field(default_factory=list)
     batch_size: int = Field(512, ge=1)
     per_epoch_test: bool = True
+
+    def measurements(self) -> list[Any]:
+        """Every attack and certificate, as measurements of the evaluation path (in order)."""
+        return [a.measurement() for a in self.attacks] + [c.measurement() for c in self.certify]
 
 
 class ExperimentConfig(_Strict):
@@ -248,7 +283,10 @@ class ExperimentConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        out = self.model_dump(mode="json")
+        if not out["evaluate"]["certify"]:  # configs without certificates keep their hash
+            del out["evaluate"]["certify"]
+        return out
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the resolved config."""

@@ -91,7 +91,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Check every registry name and parameter of ``cfg`` before anything runs or is stored."""
     from robustlab import data, losses, models
     from robustlab import train as train_mod
-    from robustlab.evaluate import Measurement
 
     data.datasets.get(cfg.data.name)
     models.models.get(cfg.model.name)
@@ -99,8 +98,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     train_mod.objectives.get(cfg.train.objective)  # names first; parameters when built below
     if cfg.noise is not None:
         data.noise.noise_models.get(cfg.noise.kind)
-    for a in cfg.evaluate.attacks:
-        Measurement(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit).build()
+    for m in cfg.evaluate.measurements():
+        m.build()
     t = cfg.train
     if (t.select is not None or t.val_attack is not None) and cfg.data.val_fraction == 0:
         raise ConfigError(
@@ -156,7 +155,7 @@ def run_experiment(
     """
     from robustlab import models
     from robustlab import train as train_mod
-    from robustlab.evaluate import Measurement, evaluate_model
+    from robustlab.evaluate import evaluate_model
 
     validate_config(cfg)
     run_id = cfg.hash()
@@ -184,7 +183,7 @@ def run_experiment(
         train_seconds = time.perf_counter() - t_train
         model = model.cpu()
         models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
-        specs = [Measurement(a.name, a.norm, a.eps, dict(a.params), a.subset, a.audit) for a in cfg.evaluate.attacks]
+        specs = cfg.evaluate.measurements()
         metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size,
                                           threads=getattr(cfg.train, "threads", None), progress=progress)
         with atomic_path(art / "records.npz") as tmp:
@@ -370,6 +369,9 @@ def evaluate_weights(
         ev = evaluate(net.to(dev), ds.x, ds.y, measurements, seed=seed, batch_size=batch_size, amp=amp,
                       threads=threads, num_classes=ds.num_classes, progress=progress)
         box.append(ev)
+        for k, cert in enumerate(ev.certifications):
+            if hasattr(cert.details, "write_tsv"):  # the reference's per-point TSV
+                cert.details.write_tsv(art / f"certify-{k}-sigma{cert.details.sigma:g}.tsv")
         reports = [r.to_dict() for r in ev.reports]
         return {
             **ev.metrics(),
@@ -385,8 +387,9 @@ def evaluate_weights(
 
 def _measurement_dict(m: Any) -> dict[str, Any]:
     name, atk, threats = m.build()
+    kind = {"kind": m.kind} if m.kind != "attack" else {}  # attack measurements keep their stored keys
     return {"attack": name, "norm": threats[0].norm, "eps": [t.eps for t in threats],
-            "params": _jsonable(dict(m.params)), "subset": m.subset, "audit": m.audit}
+            "params": _jsonable(dict(m.params)), "subset": m.subset, "audit": m.audit, **kind}
 
 
 def weights_provenance(net: Any, sha: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
     helped = subprocess.run([sys.executable, "-m", "robustlab", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0
-    for cmd in ("bench", "run", "train", "evaluate", "ls", "runs", "report"):
+    for cmd in ("bench", "run", "train", "evaluate", "attack", "certify", "ls", "runs", "report"):
         assert cmd in helped.stdout
 
 
@@ -240,3 +240,30 @@ def test_your_own_model_as_the_readme_shows(tmp_path, capsys, monkeypatch):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "never unpickles" in err and "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+
+
+def test_certify_command_stores_certificates_beside_the_attack(tmp_path, capsys):
+    res, weights = _trained(tmp_path)
+    args = ["certify", "-m", str(weights), "--sigma", "0.25", "--n", "500", "--n0", "20", "--subset", "30",
+            "--radius", "0", "--radius", "0.2", "--results", str(res)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "certified: smoothing sigma=0.25" in text and "attack: standard" in text
+    from robustlab.experiments import ResultsStore
+
+    run = ResultsStore(res).list(suite="evaluations")[0]
+    rows = run.metrics["robust"]
+    certs = [r for r in rows if r["kind"] == "certify"]
+    attack = [r for r in rows if r["kind"] == "attack"]
+    assert [r["eps"] for r in certs] == [0.0, 0.2] and [r["eps"] for r in attack] == [0.2]
+    assert certs[0]["point_set"] == attack[0]["point_set"]  # the same 30 points
+    tsv = next((res / "artifacts" / run.id).glob("certify-*.tsv")).read_text().splitlines()
+    assert len(tsv) == 31 and tsv[0].split("\t") == ["idx", "label", "predict", "radius", "correct", "time"]
+    hits = sum(1 for line in tsv[1:] if line.split("\t")[4] == "1" and float(line.split("\t")[3]) >= 0.2)
+    assert certs[1]["accuracy"] == hits / 30
+    assert main(args) == 0 and "(stored, 0.0 s)" in capsys.readouterr().out
+    assert main(["certify", "-m", str(weights), "--n", "5", "--results", str(res)]) == 2
+    assert "--n >= 10" in capsys.readouterr().err
+    assert main(["certify", "-m", str(weights), "--n", "100", "--radius", "3", "--results", str(res)]) == 2
+    assert "beyond the largest radius" in capsys.readouterr().err
+    assert main(["certify", "-m", str(weights), "--sigma", "-1", "--results", str(res)]) == 2

@@ -36,6 +36,7 @@ from robustlab.train.monitors import (
 from robustlab.train.noisy import ELR, ELR_PRESETS, PSKD, CoTeaching
 from robustlab.train.objectives import ERM, Objective, available, create, objectives
 from robustlab.train.schedules import SCHEDULES, lr_factor
+from robustlab.train.smoothing import ConsistencyRegularization, GaussianAugmentation, SmoothAdv
 from robustlab.train.trainer import Trainer, clean_accuracy_of, derive_seed
 
 __all__ = [
@@ -49,15 +50,18 @@ __all__ = [
     "AdversarialObjective",
     "CatastrophicOverfittingCheck",
     "ChanceCheck",
+    "ConsistencyRegularization",
     "DONE",
     "ERM",
     "EpochVerdict",
     "FGSMRS",
+    "GaussianAugmentation",
     "GradAlign",
     "MART",
     "Objective",
     "PGDAT",
     "SCHEDULES",
+    "SmoothAdv",
     "TRADES",
     "Trainer",
     "WeightEMA",

@@ -52,6 +52,8 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
             a["subset"] = 30
             if a["name"] == "pgd":
                 a["params"]["steps"] = 2
+        for c in (section.get("evaluate") or {}).get("certify", []):
+            c["subset"], c["params"]["n"] = 30, 6000  # certifies up to radius 0.76 at sigma 0.25
     suite = tmp_path / "bench-tiny.yaml"
     suite.write_text(yaml.safe_dump(tree))
     res = tmp_path / "res"
@@ -73,6 +75,13 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert "ce/sym-0.4" in html and "trades/clean" in html and "<svg" in html
     standard = [row for r in runs for row in r["metrics"]["robust"] if row["attack"] == "standard"]
     assert standard and all(row["num_points"] == 30 and "per_attack" in row for row in standard)
+    # certificates sit on the standard L2 attack's points and fall with the radius
+    gauss = next(r for r in runs if r["name"].startswith("gaussian"))["metrics"]["robust"]
+    certs = [row for row in gauss if row["kind"] == "certify"]
+    l2 = [row for row in gauss if row["kind"] == "attack" and row["norm"] == "l2"]
+    assert len(certs) >= 3 and {row["point_set"] for row in certs} == {row["point_set"] for row in l2}
+    accs = [row["accuracy"] for row in certs]
+    assert accs == sorted(accs, reverse=True) and all(row["extra"]["lower"] <= row["accuracy"] for row in certs)
     # a rerun of finished configs is a no-op
     from robustlab.experiments import ResultsStore
 

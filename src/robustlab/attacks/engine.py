@@ -364,6 +364,19 @@ def model_bounds(model: nn.Module) -> Bounds:
     return float(lo), float(hi)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode inside; each module's own mode restored afterwards (a
+    model handed over with a mix of train- and eval-mode submodules gets that mix back)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer (None for stateless models)."""
     for p in model.parameters():
@@ -375,6 +388,7 @@ def model_device(model: nn.Module) -> torch.device | None:
 
 __all__ = [
     "BN_MODES",
+    "eval_mode",
     "ActiveSet",
     "AttackContext",
     "AttackResult",

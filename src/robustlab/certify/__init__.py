@@ -3,6 +3,13 @@
 - randomized smoothing (Cohen, Rosenfeld & Kolter 2019): :class:`Smooth` (PREDICT and
   CERTIFY), :func:`certify_dataset` (per-point certificates, the reference's TSV,
   certified accuracy at a radius), the statistics in :mod:`robustlab.certify.stats`;
+- dual randomized smoothing (Xia et al. 2024) with the tight two-half radius:
+  :class:`~robustlab.certify.dual.DualSmooth`;
+- the soft smoothed classifier as a module, for attacks and SmoothAdv:
+  :class:`~robustlab.certify.soft.SoftSmoothed`;
+- conformal prediction, plain and robust (RSCP+, Yan, Romano & Weng 2024):
+  :class:`~robustlab.certify.conformal.SplitConformal`,
+  :class:`~robustlab.certify.conformal.RSCPPlus`;
 - certifiers for the evaluation path (``Measurement(kind="certify")``): the
   ``certifiers`` registry (``robustlab ls certifiers``).
 
@@ -14,7 +21,7 @@
 
 from __future__ import annotations
 
-from robustlab.certify import stats
+from robustlab.certify import conformal, dual, soft, stats
 from robustlab.certify.base import (
     Certification,
     Certifier,
@@ -23,18 +30,37 @@ from robustlab.certify.base import (
     certifiers,
     create,
 )
+from robustlab.certify.conformal import (
+    RSCPPlus,
+    SplitConformal,
+    conformal_attack,
+    evaluate_conformal,
+)
+from robustlab.certify.dual import DualSmooth, dual_radius, split_halves
 from robustlab.certify.smoothing import (
     ABSTAIN,
     NOISE_BLOCK,
-    CertificationResult,
     Certificates,
+    CertificationResult,
     Smooth,
     certify_dataset,
     sample_counts,
 )
+from robustlab.certify.soft import SoftSmoothed
 
 __all__ = [
     "ABSTAIN",
+    "DualSmooth",
+    "RSCPPlus",
+    "SoftSmoothed",
+    "SplitConformal",
+    "conformal",
+    "conformal_attack",
+    "dual",
+    "dual_radius",
+    "evaluate_conformal",
+    "soft",
+    "split_halves",
     "NOISE_BLOCK",
     "Certificates",
     "Certification",

@@ -89,14 +89,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from robustlab.attacks.engine import eval_mode, model_device
 from robustlab.attacks.threat import ThreatModel, draw
 from robustlab.certify.stats import check_alpha, check_sigma
 from robustlab.errors import ConfigError, InvalidInputError
@@ -239,26 +239,6 @@ def _check_sets(sets: torch.Tensor) -> None:
 # -- model evaluation ------------------------------------------------------------------
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for every module, each module's mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return fallback
-
-
 @dataclass(frozen=True)
 class ScoreTable:
     """Scores of every class of ``N`` points: ``scores`` ``(N, K)`` (base scores for split
@@ -359,9 +339,9 @@ class SplitConformal:
         ``batch_size`` inputs per call; APS's ``U`` drawn from ``generator``)."""
         _check_x(x, "x")
         u = self._uniforms(len(x), x, generator)
-        dev = _model_device(model, x.device)
+        dev = (model_device(model) or x.device)
         out = []
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             for i in range(0, len(x), self.batch_size):
                 probs = torch.softmax(model(x[i : i + self.batch_size].to(dev)).double(), dim=1).cpu()
                 out.append(self.base_scores(probs, None if u is None else u[i : i + self.batch_size].cpu()))
@@ -569,9 +549,9 @@ class RSCPPlus(SplitConformal):
         noise draw of scale ``sigma`` each (official ``get_scores(..., 1, sigma, base=True)``)."""
         _check_x(x_ref, "x_ref")
         u = self._uniforms(len(x_ref), x_ref, generator)
-        dev = _model_device(model, x_ref.device)
+        dev = (model_device(model) or x_ref.device)
         out = []
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             for i in range(0, len(x_ref), self.batch_size):
                 xb = x_ref[i : i + self.batch_size]
                 noisy = xb + self.sigma * draw(xb.shape, xb, generator, normal=True).to(xb.dtype)
@@ -623,10 +603,10 @@ class RSCPPlus(SplitConformal):
         if self.ptt and self.reference_ is None:
             raise ConfigError("PTT needs its reference scores; pass holdout=(x, y) to calibrate.")
         u = self._uniforms(len(x), x, generator)
-        dev = _model_device(model, x.device)
+        dev = (model_device(model) or x.device)
         per_chunk = max(1, self.batch_size // self.n_s)
         means, bounds = [], []
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             for i in range(0, len(x), per_chunk):
                 xb = x[i : i + per_chunk]
                 m = len(xb)
@@ -732,7 +712,7 @@ def conformal_attack(
     threat = ThreatModel("l2", eps)
     bounds = getattr(model, "input_bounds", (0.0, 1.0))
     bounds = (float(bounds[0]), float(bounds[1]))
-    dev = _model_device(model, x.device)
+    dev = (model_device(model) or x.device)
     objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if isinstance(predictor, RSCPPlus):
         def objective(xa: torch.Tensor, ya: torch.Tensor) -> torch.Tensor:
@@ -743,7 +723,7 @@ def conformal_attack(
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     out = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for p, _ in flags:
             p.requires_grad_(False)
         try:

@@ -39,7 +39,7 @@ import csv
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustlab.attacks.engine import eval_mode, model_device
 from robustlab.certify import stats
 from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.progress import Progress
@@ -61,22 +62,7 @@ ABSTAIN = -1
 
 
 def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return x.device
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module in eval mode inside, each module's own mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was
+    return model_device(model) or x.device
 
 
 def check_deterministic(model: nn.Module, x: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustlab.attacks.engine import attack_mode, model_device
+from robustlab.attacks.engine import attack_mode, eval_mode, model_device
 from robustlab.errors import InvalidInputError
 from robustlab.validation import check_inputs, check_int, check_labels, check_shape
 
@@ -35,17 +35,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024)
     expected = getattr(model, "input_shape", None)
     if expected is not None:
         check_shape(x, expected)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:
-        dev = x.device
-    try:
+    dev = model_device(model) or x.device
+    with eval_mode(model):
         out = [model(x[i : i + batch_size].to(dev)).float().to(x.device) for i in range(0, len(x), batch_size)]
-    finally:
-        for m, was in modes:
-            m.training = was
     return torch.cat(out)
 
 

@@ -20,7 +20,7 @@ app = typer.Typer(
     name="robustlab",
     help=(
         "Train and evaluate the robustness of PyTorch classifiers: label noise, adversarial "
-        "attacks and training. Results go to a SQLite store (default ./robustlab-results, "
+        "attacks and training, certified robustness (randomized smoothing). Results go to a SQLite store (default ./robustlab-results, "
         "or $ROBUSTLAB_RESULTS) and an offline HTML report. Start with `robustlab bench`, "
         "or `robustlab init my.yaml` and `robustlab run my.yaml`."
     ),
@@ -307,6 +307,17 @@ def _factory(factory: Optional[str]) -> Optional[str]:
     return factory
 
 
+def _batch_size_option(batch_size: str) -> int | str:
+    """``--batch-size``: a positive integer or 'auto'."""
+    from robustlab.errors import ConfigError
+
+    if batch_size == "auto":
+        return "auto"
+    if not (batch_size.isdigit() and int(batch_size) > 0):
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}.")
+    return int(batch_size)
+
+
 def _check_subset(subset: Optional[int]) -> Optional[int]:
     from robustlab.validation import check_subset
 
@@ -415,12 +426,11 @@ def attack(
 
     if audit not in _AUDIT_MODES:
         raise ConfigError(f"--audit must be one of {', '.join(_AUDIT_MODES)}, got {audit!r}.")
-    if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
-        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}.")
+    bs = _batch_size_option(batch_size)
     store = _store(results)
     rec, _ = evaluate_weights(
         model, store, data=data, split=split, root=root, attack=attack_name, norm=norm, eps=_eps_list(eps),
-        subset=_check_subset(subset), batch_size="auto" if batch_size == "auto" else int(batch_size), amp=amp,
+        subset=_check_subset(subset), batch_size=bs, amp=amp,
         audit=_AUDIT_MODES[audit], device=device, factory=_factory(factory), seed=seed, force=force,
     )
     rep = rec.metrics["attack_report"]
@@ -458,7 +468,7 @@ def certify(
     radius: list[float] = typer.Option([], help="L2 radii to report certified accuracy at; repeat the option (default: 0, 0.25, 0.5, 0.75, 1 up to what n can certify)."),
     compare: bool = typer.Option(True, help="Also run the standard L2 attack on the base model at the same radii (the empirical upper bound)."),
     subset: Optional[int] = typer.Option(None, help="Certify N points of a fixed seeded permutation (default: all)."),
-    batch_size: int = typer.Option(512, help="Noisy copies per forward pass."),
+    batch_size: str = typer.Option("auto", help="Noisy copies per forward pass, or 'auto' (1024 on CPU, half the free memory on CUDA)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
     results: Optional[Path] = ResultsOpt,
@@ -473,6 +483,7 @@ def certify(
 
     alpha = stats.check_alpha(alpha)
     stats.check_budget(n, alpha, name="--n")
+    bs = _batch_size_option(batch_size)
     sub = _check_subset(subset)
     if radius:
         radii = sorted(set(radius))
@@ -489,7 +500,7 @@ def certify(
     if compare and attacked:
         ms.append(Measurement("standard", "l2", attacked, {}, sub, "cheap"))
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
-                              batch_size=batch_size, device=device, factory=_factory(factory), seed=seed, force=force)
+                              batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force)
     met = rec.metrics
     rows = met["robust"]
     npts = rows[0]["num_points"] if rows else met["num_test"]

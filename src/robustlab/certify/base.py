@@ -78,7 +78,7 @@ class Certifier:
         num_classes: int,
         indices: torch.Tensor,
         seed: int,
-        batch_size: int,
+        batch_size: int | str,
         progress: Progress | None,
     ) -> Certification:
         raise NotImplementedError
@@ -123,7 +123,7 @@ class SmoothingCertifier(Certifier):
         num_classes: int,
         indices: torch.Tensor,
         seed: int,
-        batch_size: int,
+        batch_size: int | str,
         progress: Progress | None,
     ) -> Certification:
         res: CertificationResult = certify_dataset(

@@ -65,6 +65,25 @@ def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
     return model_device(model) or x.device
 
 
+def auto_batch_size(model: nn.Module, x: torch.Tensor, *, cpu: int = 1024, most: int = 65536) -> int:
+    """Noisy copies per forward pass: ``cpu`` on a CPU; on CUDA, enough copies to fill
+    about half the free memory, measured from one no-grad forward pass of
+    :data:`NOISE_BLOCK` copies, in whole noise blocks, at most ``most``."""
+    dev = _device(model, x)
+    if dev.type != "cuda":
+        return cpu
+    probe = x[:1].to(dev).expand(NOISE_BLOCK, *x.shape[1:]).contiguous()
+    torch.cuda.synchronize(dev)
+    free, _ = torch.cuda.mem_get_info(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    with torch.no_grad(), eval_mode(model):
+        model(probe)
+    per_copy = max(torch.cuda.max_memory_allocated(dev) - base, 1) / NOISE_BLOCK + 2 * probe[0].numel() * 4
+    blocks = int(0.5 * free / per_copy) // NOISE_BLOCK
+    return max(NOISE_BLOCK, min(most, blocks * NOISE_BLOCK))
+
+
 def check_deterministic(model: nn.Module, x: torch.Tensor) -> None:
     """Refuse a base classifier whose eval-mode outputs are random (dropout left on,
     noise layers): the certificate is about a fixed ``f``, so its randomness would
@@ -205,7 +224,7 @@ class Smooth:
             raise InvalidInputError("x must be a non-empty batch of inputs in [0, 1], shape (N, ...).")
         check_inputs(x, bounds=getattr(self.model, "input_bounds", (0.0, 1.0)))
         if batch_size == "auto":
-            return 512
+            return auto_batch_size(self.model, x)
         if isinstance(batch_size, str):
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}.")
         return check_int(batch_size, "batch_size", minimum=1)

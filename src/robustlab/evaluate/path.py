@@ -440,8 +440,9 @@ def evaluate(
                 Progress("evaluating", total=total_points, show=progress, unit="pt") as bar:
             for m, name, atk, threats, idx in plans:
                 if isinstance(atk, Certifier):
+                    # certifiers size their own batches of noisy copies ("auto"), not by the point count
                     cert = atk.run(model, x[idx], y[idx], [t.eps for t in threats], num_classes=k, indices=idx,
-                                   seed=derive_seed("certify", seed, name), batch_size=bs, progress=bar)
+                                   seed=derive_seed("certify", seed, name), batch_size=batch_size, progress=bar)
                     certifications.append(cert)
                     rows.extend(_certify_rows(m, name, atk, threats, cert, y[idx], idx, n, k, records))
                     attack_seconds.append({"attack": name, "norm": threats[0].norm, "seconds": cert.seconds,

@@ -68,6 +68,11 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 ResultsOpt = typer.Option(None, "--results", "-r", help="Results folder (default: $ROBUSTLAB_RESULTS or ./robustlab-results).")
+# options shared by the commands that evaluate saved weights (evaluate, attack, certify)
+WeightsOpt = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory.")
+RootOpt = typer.Option(None, help="Dataset folder.")
+EvalDeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+FactoryOpt = typer.Option(None, help="module:function building your model for these weights.")
 
 
 def _store(results: Optional[Path]) -> Any:
@@ -235,7 +240,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Minibatch size (default: the Trainer's)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cpu)."),
     seed: int = typer.Option(0),
-    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    root: Optional[str] = RootOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy the trained weights here (.safetensors)."),
     results: Optional[Path] = ResultsOpt,
     overrides: list[str] = typer.Argument(None, help="Further key=value overrides, e.g. train.objective=trades."),
@@ -326,17 +331,17 @@ def _check_subset(subset: Optional[int]) -> Optional[int]:
 
 @app.command()
 def evaluate(
-    model: Path = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory."),
+    model: Path = WeightsOpt,
     data: str = typer.Option("digits", help="Dataset name."),
     split: str = typer.Option("test"),
-    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    root: Optional[str] = RootOpt,
     attack: str = typer.Option("pgd", help="Attack name (robustlab ls attacks)."),
     norm: str = typer.Option("linf"),
     eps: list[str] = typer.Option(["0.1"], help="Budget(s); repeat the option; fractions like 8/255 work."),
     steps: Optional[int] = typer.Option(None, help="Attack iterations (iterative attacks; default: 20 for pgd)."),
     subset: Optional[int] = typer.Option(None, help="Attack N points of a fixed seeded permutation (default: all)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
+    device: Optional[str] = EvalDeviceOpt,
+    factory: Optional[str] = FactoryOpt,
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
@@ -399,10 +404,10 @@ _AUDIT_MODES: dict[str, bool | str] = {"full": True, "cheap": "cheap", "none": F
 
 @app.command()
 def attack(
-    model: Path = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory."),
+    model: Path = WeightsOpt,
     data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
     split: str = typer.Option("test"),
-    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    root: Optional[str] = RootOpt,
     norm: str = typer.Option("linf", help="Threat model: linf, l2 or l1."),
     eps: list[str] = typer.Option(["8/255"], help="Budget(s); repeat the option; fractions like 8/255 work."),
     attack_name: str = typer.Option("standard", "--attack", help="Attack or protocol (robustlab ls attacks): standard, fast, apgd-ce, pgd, ..."),
@@ -410,8 +415,8 @@ def attack(
     batch_size: str = typer.Option("auto", help="Points per batch, or 'auto' (memory-aware on CUDA)."),
     amp: bool = typer.Option(False, help="CUDA autocast for the attack; successes are re-checked in fp32."),
     audit: str = typer.Option("full", help="Audit checks: full, cheap (no extra attacks) or none."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
+    device: Optional[str] = EvalDeviceOpt,
+    factory: Optional[str] = FactoryOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (JSON) here."),
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
@@ -457,10 +462,10 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @app.command()
 def certify(
-    model: Path = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safetensors, or a state_dict .pt with --factory."),
+    model: Path = WeightsOpt,
     data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
     split: str = typer.Option("test"),
-    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    root: Optional[str] = RootOpt,
     sigma: list[float] = typer.Option([0.25], help="Noise level(s) of randomized smoothing; repeat the option."),
     n: int = typer.Option(100_000, "--n", help="Noise samples per point that estimate p_A."),
     n0: int = typer.Option(100, "--n0", help="Noise samples per point that select the class."),
@@ -469,8 +474,8 @@ def certify(
     compare: bool = typer.Option(True, help="Also run the standard L2 attack on the base model at the same radii (the empirical upper bound)."),
     subset: Optional[int] = typer.Option(None, help="Certify N points of a fixed seeded permutation (default: all)."),
     batch_size: str = typer.Option("auto", help="Noisy copies per forward pass, or 'auto' (1024 on CPU, half the free memory on CUDA)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    factory: Optional[str] = typer.Option(None, help="module:function building your model for these weights."),
+    device: Optional[str] = EvalDeviceOpt,
+    factory: Optional[str] = FactoryOpt,
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run a certification that is already stored."),
     seed: int = typer.Option(0),
@@ -593,7 +598,7 @@ app.add_typer(labels_app, name="labels")
 def labels_find_issues(
     data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
     split: str = typer.Option("train"),
-    root: Optional[str] = typer.Option(None, help="Dataset folder."),
+    root: Optional[str] = RootOpt,
     noise: Optional[str] = typer.Option(None, help="Inject label noise first, as KIND:RATE (e.g. symmetric:0.4); precision/recall are then reported."),
     model: str = typer.Option("mlp", help="Model trained in each fold (robustlab ls models)."),
     folds: int = typer.Option(5, help="Cross-fitting folds."),

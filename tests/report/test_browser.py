@@ -11,7 +11,11 @@ disk at a 1,400 x 900 viewport, and the test asserts what a reader would see:
   bounding box is not blank and holds coloured (series) pixels;
 - no key column (run name, clean accuracy, robust accuracies) of a results table lies
   beyond the right edge of its scroll box, and the page itself does not scroll sideways;
-- the robust column headers name their n.
+- the robust column headers name their n;
+- the certificate tables (the bench certifies two runs by randomized smoothing beside the
+  standard L2 attack) are visible without scrolling sideways, name their n and mark the
+  certificate's points apart from the attack's (the test shrinks the attack to 30 points,
+  the certificates keep their 100).
 
 Chromium is Debian's (``apt-get install chromium``), driven by Playwright from PyPI
 with ``executable_path`` (no browser download). Without Chromium or Playwright the test
@@ -109,6 +113,12 @@ _MEASURE = """() => {
                                                                    ...rect(th)})),
     })),
     plots: [...document.querySelectorAll('figure svg')].map((s) => ({section: s.closest('section').id, ...rect(s)})),
+    certify: [...document.querySelectorAll('table.certify')].map((t) => ({
+      box: rect(t.closest('.scroll')),
+      heads: [...t.querySelectorAll('thead th')].map((th) => ({col: th.dataset.col || 'radius', text: th.innerText,
+        mark: th.querySelector('sup.ps') ? th.querySelector('sup.ps').textContent : null, ...rect(th)})),
+      radii: [...t.querySelectorAll('tbody tr')].map((tr) => tr.dataset.radius),
+    })),
   };
 }"""
 
@@ -181,7 +191,7 @@ def test_no_console_errors_and_no_network_requests(rendered):
 
 def test_every_plot_has_drawn_pixels(rendered):
     plots = rendered["plots"]
-    assert [p["section"] for p in plots] == ["plot-noise", "plot-robust", "plot-history"]
+    assert [p["section"] for p in plots] == ["plot-noise", "plot-robust", "plot-history", "plot-certify"]
     assert all(p["width"] > 300 and p["height"] > 200 for p in plots), plots
     for section, n, ink, colour in plot_pixels(rendered):
         assert ink > 0.01 * n, (section, ink, n)
@@ -194,8 +204,25 @@ def test_key_columns_are_visible_without_scrolling_at_1400px(rendered):
     (table,) = rendered["tables"]
     keys = table["keys"]
     assert [k["col"] for k in keys][:2] == ["name", "clean_accuracy"]
-    assert len(keys) == 2 + 5  # pgd at 4 eps and standard at 1 in the bench suite
+    assert len(keys) == 2 + 8  # pgd linf at 4 eps, standard linf at 1 and standard l2 at 3 (bench suite)
     assert hidden_key_columns(rendered) == []
     headers = {k["col"]: " ".join(k["text"].split()) for k in keys}
     assert "n=30" in headers["standard linf eps=0.1 (n=30)"] and "standard" in headers["standard linf eps=0.1 (n=30)"]
     assert "n=360" in headers["pgd linf eps=0.1 (n=360)"]
+
+
+def test_certificate_tables_are_visible_and_mark_their_points(rendered):
+    tables = rendered["certify"]
+    assert len(tables) == 2  # ce/clean and gaussian-0.25/clean are certified in the bench suite
+    right = rendered["innerWidth"]
+    for t in tables:
+        heads = {h["col"]: h for h in t["heads"]}
+        assert list(heads) == ["radius", "cert-0", "attack-0"]
+        assert all(h["left"] >= t["box"]["left"] - 0.5 and h["right"] <= min(t["box"]["right"], right) + 0.5
+                   for h in heads.values()), heads
+        assert "n=100" in heads["cert-0"]["text"] and "smoothing" in heads["cert-0"]["text"]
+        assert "n=30" in heads["attack-0"]["text"] and "base model" in heads["attack-0"]["text"]
+        # different points (100 certified, 30 attacked): different letters
+        assert heads["cert-0"]["mark"] and heads["attack-0"]["mark"]
+        assert heads["cert-0"]["mark"] != heads["attack-0"]["mark"]
+        assert t["radii"] == ["0.0", "0.25", "0.5", "0.75"]

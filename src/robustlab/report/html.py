@@ -5,10 +5,13 @@ Top to bottom: the flags (training flags and the audit flags of every robust
 evaluation) and unfinished runs, the notes (data provenance, protocol), then one section
 per suite (one section when all runs share a suite) with its results table, (a)
 accuracy vs label-noise rate, (b) robust accuracy vs eps, (c) training curves and (e)
-the per-attack breakdown of ensemble evaluations (in the order the stages ran); last,
-the stored config of every run. A suite of evaluations of saved weights gets only the
-table, the robust plot and the breakdown, and each of its runs is labelled by where its
-weights came from.
+the per-attack breakdown of ensemble evaluations (in the order the stages ran) and (d)
+certificates beside attacks: for every run with rows of kind ``certify``, a table of
+certified accuracy per radius and setting beside the attacks on the base model at the
+same radii (:mod:`robustlab.report.certificates`) and one plot with a panel per run;
+last, the stored config of every run. A suite of evaluations of saved weights gets only the
+table, the robust plot, the breakdown and the certificates, and each of its runs is
+labelled by where its weights came from.
 
 The results table is described in :mod:`robustlab.report.view`: key columns (name,
 clean and robust accuracy, each robust column with its attack, eps and n) first, the
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.report._io import utc_now, write_text_atomic
+from robustlab.report.certificates import CertificateView, certificate_views, explanation
 from robustlab.report.table import (
     Run,
     eps_text,
@@ -138,8 +142,10 @@ def _header_html(lines: Sequence[str]) -> Any:
     return Markup("<br>").join(escape(line.replace("eps=", "\u03b5=")) for line in lines)
 
 
-def _table(view: TableView) -> dict[str, Any]:
-    """The template's data for one results table."""
+def _table(view: TableView, certified: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template's data for one results table (``certified``: run id -> the anchor of
+    its certificates, named under the run's name)."""
+    certified = certified or {}
     columns = [
         {"id": c.id, "header": _header_html(c.lines), "title": c.title, "key": c.key, "numeric": c.numeric,
          "mark": c.mark, "note": c.note, "name": c.id == "name"}
@@ -152,7 +158,8 @@ def _table(view: TableView) -> dict[str, Any]:
             cell = rv.cells[c.id]
             cells.append({"text": cell.text, "mark": cell.mark, "numeric": c.numeric, "key": c.key,
                           "name": c.id == "name",
-                          "sub": rv.run.weights if c.id == "name" and rv.run.is_evaluation else None})
+                          "sub": rv.run.weights if c.id == "name" and rv.run.is_evaluation else None,
+                          "certified": certified.get(rv.run.id) if c.id == "name" else None})
         rows.append({"status": rv.run.status, "cells": cells})
     return {
         "columns": columns,
@@ -179,6 +186,29 @@ _FIGURES = (
 )
 
 
+def _certificates(views: Sequence[CertificateView]) -> list[dict[str, Any]]:
+    """The template's data for the certificate tables of one section."""
+    out = []
+    for v in views:
+        columns = [{"id": c.id, "kind": c.kind, "header": _header_html(c.lines), "title": c.title, "mark": c.mark}
+                   for c in v.columns]
+        rows = []
+        for r in v.radii:
+            cells = []
+            for c in v.columns:
+                cell = v.cell(c.id, r)
+                cells.append({"col": c.id, "kind": c.kind, "missing": cell.accuracy is None,
+                              "acc": format_value("accuracy", cell.accuracy), "clean": cell.clean,
+                              "lower": None if cell.lower is None else format_value("accuracy", cell.lower),
+                              "mark": cell.mark})
+            rows.append({"radius": repr(r), "text": eps_text(r), "cells": cells})
+        out.append({"id": v.id, "run": v.run.label, "run_id": v.run.id[:10], "norm": v.norm,
+                    "weights": v.run.weights, "columns": columns, "rows": rows,
+                    "settings": v.settings,
+                    "point_note": v.point_note, "same_points": v.same_points, "flags": v.flags})
+    return out
+
+
 def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> dict[str, Any]:
     from markupsafe import Markup
 
@@ -201,15 +231,27 @@ def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> 
         heading = f"Suite {suite}: evaluations of saved weights"
     else:
         heading = f"Suite {suite}"
+    view = table_view(members, suite=suite)
+    certs = certificate_views(members, view)
+    anchors: dict[str, str] = {}
+    for i, cv in enumerate(certs):
+        cv.id = f"certify{suffix}-{i + 1}"
+        anchors.setdefault(cv.run.id, cv.id)
+    certify = None
+    if certs:
+        svg, reason = plots.certify_plot(certs, prefix=f"fig{suffix}-certify")
+        certify = {"id": f"certify{suffix}", "plot_id": f"plot-certify{suffix}", "explanation": explanation(certs),
+                   "tables": _certificates(certs), "svg": Markup(svg) if svg else None, "reason": reason}
     return {
         "id": f"suite{suffix}" if multi else "",
         "results_id": f"results{suffix}",
         "per_attack_id": f"per-attack{suffix}",
         "heading": heading,
         "num_runs": len(members),
-        "table": _table(table_view(members, suite=suite)),
+        "table": _table(view, anchors),
         "figures": figures,
         "per_attack": _per_attack(members),
+        "certify": certify,
     }
 
 

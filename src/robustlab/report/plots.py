@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from robustlab.report.certificates import CertificateView
 from robustlab.report.table import Run
 
 HISTORY_SKIP: frozenset[str] = frozenset({"epoch", "lr", "seconds", "samples_per_s"})
@@ -324,6 +325,82 @@ def history_plot(runs: Sequence[Run], prefix: str = "fig-history") -> tuple[str 
         ax.tick_params(labelsize="small")
         ax.grid(alpha=0.3)
     for j in range(len(keys), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    _legend(fig, list(handles.values()), [mpl_text(s) for s in handles])
+    return to_svg(fig, prefix), ""
+
+
+# -- (d) certified vs attacked accuracy ----------------------------------------------------------
+#: Certificate panels drawn at most (one per run and norm with certificates).
+MAX_CERTIFICATE_PANELS = 24
+
+
+def _panel_title(view: CertificateView, chars: int) -> str:
+    import textwrap
+
+    ns = {c.kind: c.num_points for c in view.columns}
+    counts = {c.num_points for c in view.columns}
+    if len(counts) == 1:
+        n = next(iter(counts))
+        tail = f"{view.norm}, n={n}" if n is not None else view.norm
+    else:
+        tail = f"{view.norm}, n: " + ", ".join(f"{'certified' if k == 'certify' else k} {v}"
+                                               for k, v in ns.items() if v is not None)
+    return "\n".join(textwrap.wrap(mpl_text(view.run.label), chars) + [tail])
+
+
+def certify_plot(views: Sequence[CertificateView], prefix: str = "fig-certify") -> tuple[str | None, str]:
+    """(d) Certified accuracy against the radius beside the attacks' robust accuracy at
+    the same radii: one panel per run (and norm), certified accuracy of each setting as a
+    solid step line (between two measured radii it shows the value at the larger one,
+    which certified accuracy, falling with the radius, is sure to reach), each attack on
+    the base model as a dashed line with open markers (radius 0: the base model's clean
+    accuracy on the attacked points), the base model's clean accuracy as a cross where no
+    attack was run. A series keeps its colour and marker in every panel; one legend.
+
+    Every line carries an SVG id naming what it is (``<prefix>-certified-<panel>-<i>``,
+    ``<prefix>-attack-<panel>-<i>``, ``<prefix>-clean-<panel>``)."""
+    if not views:
+        return None, ("No certificates were recorded; add evaluate.certify to the config "
+                      "(e.g. method: smoothing, radii: [0, 0.25, 0.5], params: {sigma: 0.25}) or run "
+                      "robustlab certify.")
+    if len(views) > MAX_CERTIFICATE_PANELS:
+        return None, (f"{len(views)} runs recorded certificates; plotted only up to {MAX_CERTIFICATE_PANELS} "
+                      f"per report (write a report of a smaller selection, e.g. robustlab report --suite NAME). "
+                      f"The tables above hold every number.")
+    labels = list(dict.fromkeys(c.legend for v in views for c in v.columns))
+    styles = dict(zip(labels, series_styles(len(labels))))
+    ncols = min(len(views), 3)
+    nrows = math.ceil(len(views) / ncols)
+    fig = _figure(nrows, width=9.0 if ncols > 1 else 7.5, panel_height=3.4 if ncols > 1 else 3.8,
+                  legend_rows=_legend_rows(labels))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    handles: dict[str, Any] = {}
+    for p, view in enumerate(views):
+        ax = axes[p // ncols][p % ncols]
+        for j, c in enumerate(view.columns):
+            pts = [(r, 100.0 * acc) for r in view.radii
+                   for acc in [view.cell(c.id, r).accuracy] if acc is not None and math.isfinite(acc)]
+            if not pts:
+                continue
+            st = styles[c.legend]
+            xs, ys = [x for x, _ in pts], [y for _, y in pts]
+            if c.kind == "certify":
+                (h,) = ax.plot(xs, ys, drawstyle="steps-pre", linestyle="-", linewidth=1.8, markersize=5,
+                               color=st["color"], marker=st["marker"], gid=f"certified-{p}-{j}")
+            elif c.kind == "attack":
+                (h,) = ax.plot(xs, ys, linestyle="--", linewidth=1.2, markersize=6, color=st["color"],
+                               marker=st["marker"], markerfacecolor="none", gid=f"attack-{p}-{j}")
+            else:
+                (h,) = ax.plot(xs, ys, linestyle="none", markersize=8, color=st["color"], marker="X",
+                               gid=f"clean-{p}")
+            handles.setdefault(c.legend, h)
+        ax.set_title(_panel_title(view, max(20, 90 // ncols)), fontsize="small")
+        ax.set_xlabel(f"radius ({view.norm})")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    for j in range(len(views), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     _legend(fig, list(handles.values()), [mpl_text(s) for s in handles])
     return to_svg(fig, prefix), ""

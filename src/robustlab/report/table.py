@@ -21,6 +21,9 @@ optional ``weights`` (provenance of evaluated weights, when some run is an evalu
 Robust results are rows of ``metrics["robust"]`` (one per measurement and eps). Keys
 added over time (``num_total``, ``point_set``, ``subset``, ``stages``, ``protocol``,
 ``kind``) may be missing in older stores; everything here tolerates their absence.
+Rows of kind ``"certify"`` (certified accuracy at a radius) never become robust columns:
+they are decoded into :attr:`Run.certificates` and shown by
+:mod:`robustlab.report.certificates` beside the attacks.
 """
 
 from __future__ import annotations
@@ -139,6 +142,9 @@ class RobustEval:
     stages: list[str] | None = None
     stage_order_known: bool = True
     clean_on_points: float | None = None
+    kind: str = "attack"  # "certify": accuracy is certified accuracy at radius eps
+    params: dict[str, Any] = field(default_factory=dict)
+    lower: float | None = None  # certify: high-probability lower bound on the population's value
 
     @property
     def all_points(self) -> bool:
@@ -176,6 +182,7 @@ class Run:
     noise_known: bool = True  # False: an evaluation of weights whose training is unknown
     num_test: int | None = None
     training_flags: list[str] = field(default_factory=list)
+    certificates: list[RobustEval] = field(default_factory=list)  # rows of kind "certify"
 
     @property
     def is_clean(self) -> bool:
@@ -215,9 +222,10 @@ def _int(v: Any) -> int | None:
     return int(x) if x is not None and math.isfinite(x) else None
 
 
-def _decode_robust(r: Mapping[str, Any]) -> RobustEval | None:
-    """One ``metrics["robust"]`` row; None for rows that are not robust accuracies at an eps."""
-    if _num(r.get("eps")) is None or r.get("kind", "attack") != "attack":
+def _decode_robust(r: Mapping[str, Any], kind: str = "attack") -> RobustEval | None:
+    """One ``metrics["robust"]`` row of ``kind`` (rows without a kind are attacks); None
+    for rows of another kind or without a numeric eps."""
+    if _num(r.get("eps")) is None or r.get("kind", "attack") != kind:
         return None
     stored = r.get("per_attack")
     stored = {str(k): _num(v) for k, v in stored.items()} if isinstance(stored, Mapping) else {}
@@ -247,6 +255,9 @@ def _decode_robust(r: Mapping[str, Any]) -> RobustEval | None:
         stages=stages,
         stage_order_known=bool(stages) or len(stored) <= 1,
         clean_on_points=clean_on_points,
+        kind=kind,
+        params=dict(r["params"]) if isinstance(r.get("params"), Mapping) else {},
+        lower=_num(_get(r, "extra", "lower")),
     )
 
 
@@ -310,6 +321,8 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
             flip_rate = 0.0  # a finished training run without a noise model flipped no label
         robust = [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
                   for ev in [_decode_robust(r)] if ev is not None]
+        certificates = [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
+                        for ev in [_decode_robust(r, "certify")] if ev is not None]
         history = [h for h in (metrics.get("history") or []) if isinstance(h, Mapping)]
         extra = {k: metrics[k] for k in OPTIONAL_METRIC_COLUMNS if metrics.get(k) is not None}
         if "best_epoch" not in extra and _get(metrics, "training", "best_epoch") is not None:
@@ -350,6 +363,7 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
                 num_test=_int(metrics.get("num_test")) if _int(metrics.get("num_test")) is not None
                 else _int(_get(metrics, "data", "num_test")),
                 training_flags=_as_flags(_get(metrics, "training", "flags")),
+                certificates=certificates,
             )
         )
     _assign_labels(runs)

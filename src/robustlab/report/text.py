@@ -12,8 +12,12 @@ the first that fits ``width`` wins:
    line per attack with every eps and robust accuracy (wrapped at word boundaries).
 
 Captions (values the same for every run, what the point-set letters mean), the
-provenance of evaluated weights and the flags follow, wrapped to ``width``. Pure
-Python: no torch, no matplotlib, no terminal library.
+provenance of evaluated weights and the flags follow, wrapped to ``width``. Every run
+with certificates (rows of kind ``certify``) then gets a *certificates* block: certified
+accuracy per radius and setting beside the attacks on the base model at the same radii
+(:mod:`robustlab.report.certificates`, the same numbers as the HTML report), as a
+table of radii x columns when it fits ``width``, else one line per column. Pure Python: no torch,
+no matplotlib, no terminal library.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from robustlab.report.certificates import (
+    CertificateView,
+    ascii_text,
+    certificate_views,
+    explanation,
+)
 from robustlab.report.table import Run, eps_text, normalize_rows
 from robustlab.report.view import MIXED, Column, TableView, suite_groups, table_view
 
@@ -207,6 +217,57 @@ def _view_lines(view: TableView, width: int) -> list[str]:
     return out
 
 
+def _certificate_cell(view: CertificateView, column: str, radius: float) -> str:
+    cell = view.cell(column, radius)
+    if cell.accuracy is None:
+        return "-"
+    return ascii_text(cell.text()) + (" (clean)" if cell.clean else "") + _mark(cell.mark)
+
+
+def certificate_lines(view: CertificateView, width: int = 80) -> list[str]:
+    """One run's certificates beside its attacks as text lines of at most ``width``
+    characters (a table of radii x columns, or one line per column when the table is
+    wider)."""
+    r = view.run
+    out = _wrap(f"Certificates of {r.label} ({view.norm}), accuracies in %:", width, subsequent="  ")
+    if r.weights:
+        out.extend(_wrap(r.weights, width, "  "))
+    note = view.point_note or view.same_points
+    if note:
+        out.extend(_wrap(ascii_text(note), width, "  ", "  "))
+    radius = _Col([view.norm, "radius"], [eps_text(rad) for rad in view.radii], left=True)
+    cols = [radius]
+    for c in view.columns:
+        head = ([*c.name.split(" ", 1)] if c.kind == "certify" else
+                [c.name, "attack"] if c.kind == "attack" else ["base model", "clean"])
+        tail = " ".join(([f"n={c.num_points}"] if c.num_points is not None else [])
+                        + ([f"[{c.mark}]"] if c.mark else []))
+        cols.append(_Col([ascii_text(h) for h in head] + ([tail] if tail else []),
+                         [_certificate_cell(view, c.id, rad) for rad in view.radii]))
+    if _total(cols) + 2 <= width:
+        out.extend("  " + line for line in _render(cols))
+    else:
+        for c, col in zip(view.columns, cols[1:]):
+            items = [f"r={eps_text(rad)}{NBSP}{_certificate_cell(view, c.id, rad).replace(' ', NBSP)}"
+                     for rad in view.radii if view.cell(c.id, rad).accuracy is not None]
+            out.extend(_wrap(" ".join(col.header) + ": " + ", ".join(items), width, "  ", "      "))
+    for line in view.settings:
+        out.extend(_wrap(ascii_text(line), width, "  ", "    "))
+    for f in view.flags:
+        out.extend(_wrap(f"! {ascii_text(f)}", width, "  ", "      "))
+    return out
+
+
+def _certificate_block(views: Sequence[CertificateView], width: int) -> list[str]:
+    if not views:
+        return []
+    out = ["", *_wrap(explanation(views, plain=True), width, subsequent="")]
+    for v in views:
+        out.append("")
+        out.extend(certificate_lines(v, width))
+    return out
+
+
 def _flag_lines(runs: Sequence[Run], width: int) -> list[str]:
     entries = [(r.label, "training", f) for r in runs for f in r.training_flags]
     entries += [(r.label, ev.column, f) for r in runs for ev in r.robust for f in (ev.flags or [])]
@@ -245,7 +306,9 @@ def text_table(rows: Sequence[Any], width: int = 80, *, flags: bool = True) -> s
             head = f"== suite {suite}" + (": evaluations of saved weights" if evaluations else "") \
                 + f" ({len(members)} run{'' if len(members) == 1 else 's'}) =="
             out.extend(_wrap(head, width, subsequent=""))
-        out.extend(_view_lines(table_view(members, suite=suite), width))
+        view = table_view(members, suite=suite)
+        out.extend(_view_lines(view, width))
+        out.extend(_certificate_block(certificate_views(members, view), width))
     if flags:
         out.extend(_flag_lines(runs, width))
     return "\n".join(line.rstrip() for line in out)

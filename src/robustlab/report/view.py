@@ -106,6 +106,9 @@ class TableView:
     point_sets: list[PointSet]  # empty unless the table mixes point sets
     point_note: str | None  # what each point-set letter means (shown above the table)
     footnotes: list[str]  # shown below the table
+    point_keys: list[tuple[Any, ...]] = field(default_factory=list)
+    """Every set of points in the table, in letter order (also when only one, so the
+    certificate tables can go on with the same letters)."""
 
     @property
     def robust_columns(self) -> list[Column]:
@@ -315,4 +318,4 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
         footnotes.append(OPTIMISTIC_NOTE)
     rows = [RowView(r, cells[i]) for i, r in enumerate(runs)]
     return TableView(suite, columns, rows, constants, list(sets.values()) if len(sets) > 1 else [],
-                     point_note, footnotes)
+                     point_note, footnotes, list(sets))

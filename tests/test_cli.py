@@ -257,7 +257,7 @@ def test_certify_command_stores_certificates_beside_the_attack(tmp_path, capsys)
             "--radius", "0", "--radius", "0.2", "--results", str(res)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "certified: smoothing sigma=0.25" in text and "attack: standard" in text
+    assert "Certificates of" in text and "sigma=0.25" in text and "standard" in text and "(clean)" in text
     from robustlab.experiments import ResultsStore
 
     run = ResultsStore(res).list(suite="evaluations")[0]

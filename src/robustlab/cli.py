@@ -484,7 +484,7 @@ def certify(
     from robustlab.certify import stats
     from robustlab.evaluate import Measurement
     from robustlab.experiments import evaluate_weights
-    from robustlab.report.text import certify_table
+    from robustlab.report.text import certificate_text
 
     alpha = stats.check_alpha(alpha)
     stats.check_budget(n, alpha, name="--n")
@@ -512,7 +512,7 @@ def certify(
     _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy (base model) "
          f"{100 * met['clean_accuracy']:.2f}%; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
     _out(_provenance_line(met.get("provenance")))
-    _out(certify_table(rows))
+    _out(certificate_text([rec.to_dict()], width=_width()))
     _print_flags([f for r in rows for f in r.get("flags", [])])
 
 

@@ -314,49 +314,11 @@ def text_table(rows: Sequence[Any], width: int = 80, *, flags: bool = True) -> s
     return "\n".join(line.rstrip() for line in out)
 
 
-def grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: left-aligned first column, right-aligned others, a rule under
-    the header."""
-    cols = list(zip(header, *rows, strict=True))
-    widths = [max(len(c) for c in col) for col in cols]
 
-    def line(cells: Sequence[str]) -> str:
-        return SEP.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return "\n".join([line(header), SEP.join("-" * w for w in widths), *(line(r) for r in rows)])
-
-
-def certify_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Certified accuracy per radius, one column per certificate setting (e.g. each sigma
-    of randomized smoothing, with its high-probability lower bound), beside the robust
-    accuracy of the attacks measured at the same radii and norm (the empirical upper
-    bound): ``rows`` are stored :class:`~robustlab.evaluate.ResultRow` dicts."""
-    certs = [r for r in rows if r.get("kind") == "certify"]
-    if not certs:
-        return "no certificates"
-    norm = certs[0]["norm"]
-
-    def setting(r: dict[str, Any]) -> str:
-        p = r.get("params", {})
-        return f"{r['attack']} sigma={p['sigma']:g}" if "sigma" in p else r["attack"]
-
-    settings = list(dict.fromkeys(setting(r) for r in certs))
-    attacks = [r for r in rows if r.get("kind", "attack") == "attack" and r["norm"] == norm]
-    names = list(dict.fromkeys(r["attack"] for r in attacks))
-    radii = sorted({r["eps"] for r in certs} | {r["eps"] for r in attacks})
-    header = [f"{norm} radius", *[f"certified: {s}" for s in settings], *[f"attack: {a}" for a in names]]
-    body = []
-    for eps in radii:
-        line = [f"{eps:g}"]
-        for s in settings:
-            hit = [c for c in certs if c["eps"] == eps and setting(c) == s]
-            lower = hit[0].get("extra", {}).get("lower") if hit else None
-            line.append("-" if not hit else f"{100 * hit[0]['accuracy']:.1f}%"
-                        + ("" if lower is None else f" (>={100 * lower:.1f}%)"))
-        for a in names:
-            hit = [r for r in attacks if r["eps"] == eps and r["attack"] == a]
-            if not hit and eps == 0:  # no perturbation: the base model's accuracy on the attack's points
-                hit = [{"accuracy": r["per_attack"]["clean"]} for r in attacks if r["attack"] == a][:1]
-            line.append(f"{100 * hit[0]['accuracy']:.1f}%" if hit else "-")
-        body.append(line)
-    return grid(header, body)
+def certificate_text(rows: Sequence[Any], width: int = 80) -> str:
+    """The certificates of stored runs beside their attacks, as text (what ``robustlab
+    certify`` prints): the explanation, then one table of radii per run with
+    certificates (the same block :func:`text_table` ends each suite with)."""
+    runs = normalize_rows(rows)
+    lines = _certificate_block(certificate_views(runs), max(int(width), MIN_WIDTH))
+    return "\n".join(line.rstrip() for line in lines).strip("\n") or "no certificates"

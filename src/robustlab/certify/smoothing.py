@@ -247,7 +247,7 @@ class Smooth:
         """PREDICT: the top class of ``n`` noisy copies when the two-sided binomial test of
         its count ``n_A`` against the runner-up's ``n_B`` (``p = 1/2``) has p-value at most
         ``alpha``, else :data:`ABSTAIN`. The returned class differs from ``g(x)`` with
-        probability at most ``alpha`` (Hung et al. 2019, as cited by the paper)."""
+        probability at most ``alpha`` (the paper's Proposition 1)."""
         alpha = stats.check_alpha(alpha)
         counts = self.counts(x, n, stream="predict", batch_size=batch_size, generator=generator, seed=seed)
         top = counts.topk(2, dim=1)

@@ -21,6 +21,11 @@ class ConfigError(RobustlabError, ValueError):
     """A configuration value or parameter name that is not valid."""
 
 
+class UnsupportedLayerError(ConfigError):
+    """A model containing a layer or operation that a method (e.g. bound propagation)
+    cannot handle; the message names the layer and lists the supported ones."""
+
+
 class InvalidInputError(RobustlabError, ValueError):
     """Tensors handed to robustlab that break its input conventions."""
 
@@ -87,6 +92,7 @@ __all__ = [
     "RobustlabError",
     "UnknownNameError",
     "ConfigError",
+    "UnsupportedLayerError",
     "InvalidInputError",
     "LabelError",
     "NonFiniteInputError",

@@ -169,6 +169,15 @@ def sample_counts(
             for j, start in enumerate(range(0, n, NOISE_BLOCK)):
                 size = min(NOISE_BLOCK, n - start)
                 g.manual_seed(derive_seed(seeds[i], stream, j))
+                if fill + size <= batch_size:  # the whole block fits: draw it in place
+                    block = buf[fill : fill + size]
+                    torch.randn((size, *shape), generator=g, out=block)
+                    block.mul_(sigma).add_(xi)
+                    owner[fill : fill + size] = i
+                    fill += size
+                    if fill == batch_size:
+                        flush()
+                    continue
                 noise = torch.randn((size, *shape), generator=g, device=dev, dtype=x.dtype)
                 noise.mul_(sigma).add_(xi)
                 done = 0

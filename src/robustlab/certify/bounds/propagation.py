@@ -263,7 +263,8 @@ def alpha_crown(
         best = cur if best is None else torch.maximum(best, cur)
         if t == steps or opt is None:
             break
-        grads = torch.autograd.grad(objective, params)
+        # a layer cut off by a constant relaxation (MonotoneOp) gets no gradient
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
         for a, g in zip(params, grads):
             a.grad = g
         opt.step()

@@ -13,6 +13,7 @@ radius). Certifiers live in the ``certifiers`` registry (``robustlab ls certifie
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,12 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustlab.attacks.engine import eval_mode, model_device
+from robustlab.attacks.threat import ThreatModel
 from robustlab.certify import stats
 from robustlab.certify.smoothing import CertificationResult, certify_dataset
 from robustlab.errors import ConfigError
 from robustlab.progress import Progress
 from robustlab.registry import Registry
-from robustlab.validation import check_int
+from robustlab.validation import check_float, check_int
 
 certifiers: Registry[Certifier] = Registry("certifier")
 
@@ -50,7 +53,8 @@ class Certification:
 
 
 class Certifier:
-    """Base class: ``check(norm, radii)`` before any work, ``run(...)`` to certify."""
+    """Base class: ``check(norm, radii)`` before any work, ``run(model, x, y, threats, ...)``
+    to certify the points at every threat model (one norm, increasing radii)."""
 
     protocol: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("l2",)
@@ -73,7 +77,7 @@ class Certifier:
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        radii: Sequence[float],
+        threats: Sequence[ThreatModel],
         *,
         num_classes: int,
         indices: torch.Tensor,
@@ -118,7 +122,7 @@ class SmoothingCertifier(Certifier):
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        radii: Sequence[float],
+        threats: Sequence[ThreatModel],
         *,
         num_classes: int,
         indices: torch.Tensor,
@@ -126,6 +130,7 @@ class SmoothingCertifier(Certifier):
         batch_size: int | str,
         progress: Progress | None,
     ) -> Certification:
+        radii = [t.eps for t in threats]
         res: CertificationResult = certify_dataset(
             model, x, y, self.sigma, num_classes=num_classes, n0=self.n0, n=self.n, alpha=self.alpha,
             batch_size=batch_size, seed=seed, indices=indices, progress=progress if progress is not None else False,
@@ -144,6 +149,95 @@ class SmoothingCertifier(Certifier):
             extra=extra,
             details=res,
         )
+
+
+class BoundCertifier(Certifier):
+    """Deterministic verification by bound propagation (:mod:`robustlab.certify.bounds`):
+    a point is certified at ``eps`` when it is classified correctly and every margin
+    ``z_y - z_j`` has a positive lower bound over the ``norm`` ball of radius ``eps``
+    intersected with the input box. ``batch_size``: points per bound computation
+    (``"auto"``: 128). The certificate holds for every point it counts (no failure
+    probability)."""
+
+    protocol = "robustlab-bounds/1"
+    norms = ("linf", "l2", "l1")
+    method: ClassVar[str] = "crown-ibp"
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    def _verify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        from robustlab.certify.bounds import verify
+
+        return verify(model, x, y, threat, self.method, **self.get_params())
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threats: Sequence[ThreatModel],
+        *,
+        num_classes: int,
+        indices: torch.Tensor,
+        seed: int,
+        batch_size: int | str,
+        progress: Progress | None,
+    ) -> Certification:
+        bs = 128 if batch_size == "auto" else check_int(batch_size, "batch_size", minimum=1)
+        t0 = time.perf_counter()
+        dev = model_device(model) or x.device
+        with torch.no_grad(), eval_mode(model):
+            pred = torch.cat([model(x[i : i + bs].to(dev)).argmax(1).cpu() for i in range(0, len(x), bs)])
+        certified: dict[float, torch.Tensor] = {}
+        for t in threats:
+            masks = [self._verify(model, x[i : i + bs].to(dev), y[i : i + bs].to(dev), t).cpu()
+                     for i in range(0, len(x), bs)]
+            certified[t.eps] = torch.cat(masks)
+        if progress is not None:
+            progress.advance(len(x))
+        records = {f"verified/{r:g}": m.numpy().astype(np.int64) for r, m in certified.items()}
+        return Certification(certified=certified, predict=pred, forwards=0, seconds=time.perf_counter() - t0,
+                             records=records)
+
+
+@certifiers.register("ibp")
+class IBPCertifier(BoundCertifier):
+    """Interval bound propagation (Gowal et al. 2018): the cheapest bounds (about two
+    forward passes), tight only for models trained with them."""
+
+    method = "ibp"
+
+
+@certifiers.register("crown-ibp")
+class CrownIBPCertifier(BoundCertifier):
+    """CROWN-IBP (Zhang et al. ICLR 2020): IBP intermediate bounds, one CROWN backward
+    pass for the margins (never looser than IBP's)."""
+
+    method = "crown-ibp"
+
+
+@certifiers.register("crown")
+class CrownCertifier(BoundCertifier):
+    """CROWN (Zhang et al. NeurIPS 2018): linear relaxations for the margins and every
+    intermediate layer (one backward pass per unstable neuron: small models)."""
+
+    method = "crown"
+
+
+@certifiers.register("alpha-crown")
+class AlphaCrownCertifier(BoundCertifier):
+    """alpha-CROWN (Xu et al. ICLR 2021): CROWN with the final pass's lower ReLU slopes
+    optimised by ``alpha_steps`` Adam steps of size ``alpha_lr``; never looser than CROWN."""
+
+    method = "alpha-crown"
+
+    def __init__(self, alpha_steps: int = 20, alpha_lr: float = 0.1) -> None:
+        self.alpha_steps = check_int(alpha_steps, "alpha_steps", minimum=0)
+        self.alpha_lr = check_float(alpha_lr, "alpha_lr", low=0.0, low_open=True)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"alpha_steps": self.alpha_steps, "alpha_lr": self.alpha_lr}
 
 
 def create(name: str, /, **params: Any) -> Certifier:

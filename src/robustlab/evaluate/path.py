@@ -441,7 +441,7 @@ def evaluate(
             for m, name, atk, threats, idx in plans:
                 if isinstance(atk, Certifier):
                     # certifiers size their own batches of noisy copies ("auto"), not by the point count
-                    cert = atk.run(model, x[idx], y[idx], [t.eps for t in threats], num_classes=k, indices=idx,
+                    cert = atk.run(model, x[idx], y[idx], threats, num_classes=k, indices=idx,
                                    seed=derive_seed("certify", seed, name), batch_size=batch_size, progress=bar)
                     certifications.append(cert)
                     rows.extend(_certify_rows(m, name, atk, threats, cert, y[idx], idx, n, k, records))
@@ -501,8 +501,8 @@ def _certify_rows(
     y: torch.Tensor, idx: torch.Tensor, n: int, num_classes: int, records: dict[str, np.ndarray],
 ) -> list[ResultRow]:
     """One row of kind ``certify`` per radius (``accuracy``: certified accuracy) and the
-    per-point records ``certify/<name>/<norm>/<tag>/{predict,radius}`` (``tag``: the
-    certifier's parameters that tell two measurements apart, e.g. ``sigma=0.25``; points
+    per-point records ``certify/<name>/<norm>/[sigma=<sigma>/]<record>`` (randomized
+    smoothing: ``predict`` and ``radius`` per noise level; bounds: ``verified/<eps>``; points
     not measured hold NaN, or :data:`NOT_MEASURED` in integer records)."""
     y_cpu = y.detach().cpu().long()
     params = jsonable(cert.get_params())
@@ -519,13 +519,13 @@ def _certify_rows(
             forwards=res.forwards, backwards=0, subset=m.subset, kind="certify",
             extra=dict(res.extra.get(t.eps, {})),
         ))
-    tag = ",".join(f"{k}={v:g}" for k, v in params.items() if k == "sigma" and isinstance(v, (int, float))) or "default"
+    tag = f"sigma={params['sigma']:g}/" if isinstance(params.get("sigma"), (int, float)) else ""
     for key, values in res.records.items():
         arr = np.asarray(values)
         floating = arr.dtype.kind == "f"
         full = np.full(n, np.nan if floating else NOT_MEASURED, dtype=np.float64 if floating else np.int64)
         full[idx.numpy()] = arr
-        records[f"certify/{name}/{threats[0].norm}/{tag}/{key}"] = full
+        records[f"certify/{name}/{threats[0].norm}/{tag}{key}"] = full
     return rows
 
 

@@ -276,3 +276,23 @@ def test_certify_command_stores_certificates_beside_the_attack(tmp_path, capsys)
     assert main(["certify", "-m", str(weights), "--n", "100", "--radius", "3", "--results", str(res)]) == 2
     assert "beyond the largest radius" in capsys.readouterr().err
     assert main(["certify", "-m", str(weights), "--sigma", "-1", "--results", str(res)]) == 2
+
+
+def test_certify_command_with_bound_propagation_verifies_below_the_attack(tmp_path, capsys):
+    res, weights = _trained(tmp_path)
+    args = ["certify", "-m", str(weights), "--method", "ibp", "--method", "crown-ibp", "--eps", "0.005",
+            "--eps", "0.02", "--subset", "30", "--results", str(res)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Verified accuracy (bound propagation)" in " ".join(text.split())
+    from robustlab.experiments import ResultsStore
+
+    rows = ResultsStore(res).list(suite="evaluations")[0].metrics["robust"]
+    attack = {r["eps"]: r["accuracy"] for r in rows if r["kind"] == "attack"}
+    ver = {(r["attack"], r["eps"]): r["accuracy"] for r in rows if r["kind"] == "certify"}
+    assert set(attack) == {0.005, 0.02} and set(ver) == {(m, e) for m in ("ibp", "crown-ibp") for e in attack}
+    for (m, e), acc in ver.items():
+        assert acc <= attack[e]  # a verified point is never broken
+        assert ver["ibp", e] <= ver["crown-ibp", e]  # CROWN-IBP is never looser than IBP
+    assert main(["certify", "-m", str(weights), "--method", "crown-ibq", "--results", str(res)]) == 2
+    assert "crown-ibp" in capsys.readouterr().err

@@ -466,44 +466,57 @@ def certify(
     data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
     split: str = typer.Option("test"),
     root: Optional[str] = RootOpt,
-    sigma: list[float] = typer.Option([0.25], help="Noise level(s) of randomized smoothing; repeat the option."),
-    n: int = typer.Option(100_000, "--n", help="Noise samples per point that estimate p_A."),
-    n0: int = typer.Option(100, "--n0", help="Noise samples per point that select the class."),
-    alpha: float = typer.Option(0.001, help="Failure probability of each certificate."),
-    radius: list[float] = typer.Option([], help="L2 radii to report certified accuracy at; repeat the option (default: 0, 0.25, 0.5, 0.75, 1 up to what n can certify)."),
-    compare: bool = typer.Option(True, help="Also run the standard L2 attack on the base model at the same radii (the empirical upper bound)."),
+    method: list[str] = typer.Option(["smoothing"], help="Certificate(s): smoothing (randomized smoothing, L2, with high probability), or bound propagation: ibp, crown-ibp, crown, alpha-crown (deterministic); repeat the option (robustlab ls certifiers)."),
+    sigma: list[float] = typer.Option([0.25], help="smoothing: noise level(s); repeat the option."),
+    n: int = typer.Option(100_000, "--n", help="smoothing: noise samples per point that estimate p_A."),
+    n0: int = typer.Option(100, "--n0", help="smoothing: noise samples per point that select the class."),
+    alpha: float = typer.Option(0.001, help="smoothing: failure probability of each certificate."),
+    radius: list[float] = typer.Option([], help="smoothing: L2 radii to report certified accuracy at; repeat the option (default: 0, 0.25, 0.5, 0.75, 1 up to what n can certify)."),
+    eps: list[str] = typer.Option([], help="bound propagation: budget(s); repeat the option; fractions like 8/255 work (default: 0.1)."),
+    norm: str = typer.Option("linf", help="bound propagation: linf, l2 or l1."),
+    compare: bool = typer.Option(True, help="Also run the standard attack on the base model at the same radii (the empirical upper bound)."),
     subset: Optional[int] = typer.Option(None, help="Certify N points of a fixed seeded permutation (default: all)."),
-    batch_size: str = typer.Option("auto", help="Noisy copies per forward pass, or 'auto' (1024 on CPU, half the free memory on CUDA)."),
+    batch_size: str = typer.Option("auto", help="Noisy copies (smoothing) or points (bounds) per pass, or 'auto'."),
     device: Optional[str] = EvalDeviceOpt,
     factory: Optional[str] = FactoryOpt,
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run a certification that is already stored."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Certified L2 accuracy by randomized smoothing (Cohen et al. 2019) per radius and sigma, beside the standard L2 attack's robust accuracy at the same radii (stored as a run in suite 'evaluations'; per-point TSV beside it)."""
-    from robustlab.certify import stats
+    """Certified accuracy per radius beside the standard attack's robust accuracy at the same radii: randomized smoothing (Cohen et al. 2019; per sigma, L2) or bound propagation (IBP, CROWN-IBP, CROWN, alpha-CROWN; per eps). Stored as a run in suite 'evaluations' (smoothing: per-point TSV beside it)."""
+    from robustlab.certify import certifiers, stats
     from robustlab.evaluate import Measurement
     from robustlab.experiments import evaluate_weights
     from robustlab.report.text import certificate_text
 
-    alpha = stats.check_alpha(alpha)
-    stats.check_budget(n, alpha, name="--n")
     bs = _batch_size_option(batch_size)
     sub = _check_subset(subset)
-    if radius:
-        radii = sorted(set(radius))
-    else:
-        ceiling = max(stats.max_radius(n, alpha, stats.check_sigma(s)) for s in sigma)
-        radii = [r for r in DEFAULT_RADII if r <= ceiling]
+    names = list(dict.fromkeys(certifiers.canonical(m) for m in method))
+    smoothing = "smoothing" in names
+    bound_methods = [m for m in names if m != "smoothing"]
     ms = []
-    for s in dict.fromkeys(sigma):
-        ceiling = stats.max_radius(n, alpha, stats.check_sigma(s))
-        mine = radii if radius else [r for r in radii if r <= ceiling]
-        ms.append(Measurement("smoothing", "l2", mine, {"sigma": s, "n0": n0, "n": n, "alpha": alpha}, sub,
-                              False, kind="certify"))
-    attacked = [r for r in radii if r > 0]
-    if compare and attacked:
-        ms.append(Measurement("standard", "l2", attacked, {}, sub, "cheap"))
+    if smoothing:
+        alpha = stats.check_alpha(alpha)
+        stats.check_budget(n, alpha, name="--n")
+        if radius:
+            radii = sorted(set(radius))
+        else:
+            ceiling = max(stats.max_radius(n, alpha, stats.check_sigma(s)) for s in sigma)
+            radii = [r for r in DEFAULT_RADII if r <= ceiling]
+        for s in dict.fromkeys(sigma):
+            ceiling = stats.max_radius(n, alpha, stats.check_sigma(s))
+            mine = radii if radius else [r for r in radii if r <= ceiling]
+            ms.append(Measurement("smoothing", "l2", mine, {"sigma": s, "n0": n0, "n": n, "alpha": alpha}, sub,
+                                  False, kind="certify"))
+        attacked = [r for r in radii if r > 0]
+        if compare and attacked:
+            ms.append(Measurement("standard", "l2", attacked, {}, sub, "cheap"))
+    if bound_methods:
+        budgets = _eps_list(eps or ["0.1"])
+        for m in bound_methods:
+            ms.append(Measurement(m, norm, budgets, {}, sub, False, kind="certify"))
+        if compare:
+            ms.append(Measurement("standard", norm, budgets, {}, sub, "cheap"))
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
                               batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force)
     met = rec.metrics

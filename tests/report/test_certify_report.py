@@ -163,7 +163,7 @@ def test_html_table_holds_exactly_the_certified_numbers_and_the_attack_at_the_sa
 def test_the_section_says_what_the_bounds_are_and_names_the_settings(certified_html):
     sec = _section(certified_html, "certify")
     text = " ".join(re.sub(r"<[^>]+>", " ", sec).split())
-    assert "Certified accuracy is a lower bound" in text and "1\u2212\u03b1 per point" in text
+    assert "Certified accuracy (randomized smoothing) is a lower bound" in text and "1\u2212\u03b1 per point" in text
     assert "Attack accuracy is an upper bound" in text
     assert "the standard attack on the base model, not on the smoothed classifier" in text
     assert ("smoothing \u03c3=0.25, \u03c3=0.5: n0 = 100 selection and N = 2000 estimation noise samples "
@@ -310,8 +310,36 @@ def test_text_grid_rows_are_radii():
 def test_the_explanation_names_the_attack_that_was_run():
     pgd = [robust_row("pgd", e, a, clean=0.8, norm="l2", n=50, point_set=SUBSET_50) for e, a in ATTACK]
     html = render_report([row(0, "mlp", 0.0, name="pgd l2", robust=certs(0.25, SIGMA_025) + pgd)])
-    assert "The attack here is the pgd attack on the base model, not on the smoothed classifier" in html
+    assert "the attack here is the pgd attack on the base model, not on the smoothed classifier" in html
     html = render_report([row(0, "mlp", 0.0, name="alone", robust=certs(0.25, SIGMA_025))])
     assert "No attack under the same norm was run" in html and "attack on the base model" not in html
     text = text_table([row(0, "mlp", 0.0, name="alone", robust=certs(0.25, SIGMA_025))], width=80)
     assert "no attack under the same norm was run" in " ".join(text.split())
+
+
+def verified_row(method: str, eps: float, acc: float, *, n: int = 50, point_set: str = SUBSET_50) -> dict[str, Any]:
+    """A stored row of a bound-propagation certificate (deterministic: no lower bound)."""
+    return {
+        "kind": "certify", "attack": method, "norm": "linf", "eps": eps, "accuracy": acc,
+        "num_points": n, "num_total": NUM_TEST, "subset": n, "point_set": point_set,
+        "protocol": "robustlab-bounds/1", "params": {}, "stages": [method],
+        "per_attack": {"clean": 0.9, method: acc}, "per_class": [acc] * 10,
+        "forwards": 0, "backwards": 0, "flags": [], "flag_codes": [],
+    }
+
+
+def test_verified_accuracy_sits_between_nothing_and_the_attack_with_its_own_wording() -> None:
+    verified = [verified_row("ibp", 0.1, 0.3), verified_row("crown-ibp", 0.1, 0.42),
+                verified_row("ibp", 0.2, 0.1), verified_row("crown-ibp", 0.2, 0.16)]
+    attack = [robust_row("standard", e, a, clean=0.88, norm="linf", n=50, point_set=SUBSET_50)
+              for e, a in [(0.1, 0.6), (0.2, 0.35)]]
+    html = render_report([row(0, "mlp", 0.0, name="verified", robust=verified + attack)])
+    (t,) = certify_tables(html)
+    text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
+    assert "Verified accuracy (bound propagation) is a lower bound that holds for every point it counts" in text
+    assert "smoothed classifier" not in text and "lies between the verified and the attack accuracy" in text
+    plain = " ".join(text_table([row(0, "mlp", 0.0, name="verified", robust=verified + attack)], 100).split())
+    assert "verified accuracy (bound propagation)" in plain.lower() and "1-alpha" not in plain
+    got = {r: {c: (v["acc"], v["lower"]) for c, v in cells.items() if c != "radius"} for r, cells in t["rows"].items()}
+    assert got["0.1"] == {"cert-0": ("30.0", None), "cert-1": ("42.0", None), "attack-0": ("60.0", None)}
+    assert got["0.2"] == {"cert-0": ("10.0", None), "cert-1": ("16.0", None), "attack-0": ("35.0", None)}

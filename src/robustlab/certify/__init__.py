@@ -10,6 +10,9 @@
 - conformal prediction, plain and robust (RSCP+, Yan, Romano & Weng 2024):
   :class:`~robustlab.certify.conformal.SplitConformal`,
   :class:`~robustlab.certify.conformal.RSCPPlus`;
+- bound propagation (IBP, CROWN, CROWN-IBP, alpha-CROWN): :func:`compute_bounds`,
+  :func:`margin_spec`, :func:`verify`, :func:`verified_accuracy` — deterministic
+  certificates of the model itself (:mod:`robustlab.certify.bounds`);
 - certifiers for the evaluation path (``Measurement(kind="certify")``): the
   ``certifiers`` registry (``robustlab ls certifiers``).
 
@@ -17,12 +20,14 @@
 >>> pred, radius = certify.Smooth(model, num_classes=10, sigma=0.25).certify(x, n=10_000, seed=0)
 >>> res = certify.certify_dataset(model, x, y, sigma=0.25, n=10_000)
 >>> res.certified_accuracy(0.5)
+>>> certify.verified_accuracy(model, x, y, ThreatModel("linf", 0.1), method="crown-ibp")
 """
 
 from __future__ import annotations
 
-from robustlab.certify import conformal, dual, soft, stats
+from robustlab.certify import bounds, conformal, dual, soft, stats
 from robustlab.certify.base import (
+    BoundCertifier,
     Certification,
     Certifier,
     SmoothingCertifier,
@@ -30,6 +35,7 @@ from robustlab.certify.base import (
     certifiers,
     create,
 )
+from robustlab.certify.bounds import compute_bounds, margin_spec, verified_accuracy, verify
 from robustlab.certify.conformal import (
     RSCPPlus,
     SplitConformal,
@@ -50,6 +56,12 @@ from robustlab.certify.soft import SoftSmoothed
 
 __all__ = [
     "ABSTAIN",
+    "BoundCertifier",
+    "bounds",
+    "compute_bounds",
+    "margin_spec",
+    "verified_accuracy",
+    "verify",
     "DualSmooth",
     "RSCPPlus",
     "SoftSmoothed",

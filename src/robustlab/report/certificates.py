@@ -306,30 +306,60 @@ def _attack_names(views: Sequence[CertificateView]) -> str | None:
         " attack" if len(names) == 1 else " attacks")
 
 
+def _certifier_kinds(views: Sequence[CertificateView]) -> tuple[bool, bool]:
+    """(any randomized-smoothing column, any deterministic bound-propagation column)."""
+    names = {c.name.split(" ")[0] for v in views for c in v.columns if c.kind == "certify"}
+    return "smoothing" in names, bool(names - {"smoothing"})
+
+
 def explanation(views: Sequence[CertificateView], *, plain: bool = False) -> str:
     """What the numbers of these certificate tables mean, naming the attacks shown
-    (``plain``: the shorter, ASCII version for text logs)."""
+    (``plain``: the shorter, ASCII version for text logs). Randomized smoothing certifies
+    the smoothed classifier with high probability; bound propagation verifies the model
+    itself, deterministically, so its attack columns bracket the same classifier."""
     attacks = _attack_names(views)
+    smooth, bounds = _certifier_kinds(views)
     if plain:
-        text = ("Certified accuracy is a lower bound (each certificate holds with probability 1-alpha per "
-                "point; >= a lower bound for the whole population, probability 1-gamma)")
+        parts = []
+        if smooth:
+            parts.append("Certified accuracy (smoothing) is a lower bound (each certificate holds with "
+                         "probability 1-alpha per point; >= a lower bound for the whole population, "
+                         "probability 1-gamma)")
+        if bounds:
+            parts.append("verified accuracy (bound propagation) is a lower bound that holds for every point "
+                         "it counts (deterministic: correct, and every margin has a positive lower bound over "
+                         "the whole ball)")
+        text = "; ".join(parts)
+        text = text[0].upper() + text[1:]
         if attacks is None:
             return text + "; no attack under the same norm was run (radius 0: the base model's clean accuracy)."
-        return text + (f"; attack accuracy is an upper bound, here of the {attacks} on the base model, not "
-                       "on the smoothed classifier. At radius 0 the attack columns show the base model's "
-                       "clean accuracy on the attacked points (clean).")
-    text = ("Certified accuracy is a lower bound: a point counts only when the smoothed classifier "
-            "classifies it correctly and certifies it at that radius; each certificate holds with "
-            "probability at least 1\u2212\u03b1 per point, and \u2265 is a lower bound on the certified "
-            "accuracy of the whole population the points were drawn from (probability 1\u2212\u03b3). ")
+        whose = ("on the base model, not on the smoothed classifier" if smooth and not bounds else
+                 "on the model" if not smooth else "on the base model (the model the bounds verify)")
+        return text + (f"; attack accuracy is an upper bound, here of the {attacks} {whose}. At radius 0 "
+                       "the attack columns show the base model's clean accuracy on the attacked points (clean).")
+    text = ""
+    if smooth:
+        text += ("Certified accuracy (randomized smoothing) is a lower bound: a point counts only when the "
+                 "smoothed classifier classifies it correctly and certifies it at that radius; each "
+                 "certificate holds with probability at least 1\u2212\u03b1 per point, and \u2265 is a lower "
+                 "bound on the certified accuracy of the whole population the points were drawn from "
+                 "(probability 1\u2212\u03b3). ")
+    if bounds:
+        text += ("Verified accuracy (bound propagation) is a lower bound that holds for every point it "
+                 "counts, deterministically: the model classifies the point correctly and every margin "
+                 "z_y \u2212 z_j has a positive lower bound over the whole ball around it within the input "
+                 "box. ")
     if attacks is None:
         return text + ("No attack under the same norm was run, so there is no empirical upper bound here; "
                        "radius 0 shows the base model's clean accuracy.")
-    return text + (
-        f"Attack accuracy is an upper bound: the points the attack did not break. The attack here is the "
-        f"{attacks} on the base model, not on the smoothed classifier: the smoothed classifier's true "
-        "robust accuracy lies at or above its certified accuracy, the base model's at or below its attack "
-        "accuracy, and the gap between the two is robustness neither certified nor broken (a guide, not "
-        "an exact bracket: the two bounds are about two classifiers built from the same weights). At "
-        "radius 0 the attack columns show the base model's clean accuracy on the attacked points."
-    )
+    text += "Attack accuracy is an upper bound: the points the attack did not break. "
+    if bounds:
+        text += (f"The {attacks} and the bounds are about the same model, so its true robust accuracy lies "
+                 "between the verified and the attack accuracy; the gap is robustness neither verified nor "
+                 "broken. ")
+    if smooth:
+        text += (f"For randomized smoothing the attack here is the {attacks} on the base model, not on the "
+                 "smoothed classifier: the smoothed classifier's true robust accuracy lies at or above its "
+                 "certified accuracy, the base model's at or below its attack accuracy (a guide, not an exact "
+                 "bracket: two classifiers built from the same weights). ")
+    return text + "At radius 0 the attack columns show the base model's clean accuracy on the attacked points."

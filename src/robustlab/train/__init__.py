@@ -26,6 +26,7 @@ from robustlab.train.adversarial import (
     GradAlign,
     done_weights,
 )
+from robustlab.train.certified import CrownIBPTraining, IBPTraining
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import (
     CatastrophicOverfittingCheck,
@@ -51,12 +52,14 @@ __all__ = [
     "CatastrophicOverfittingCheck",
     "ChanceCheck",
     "ConsistencyRegularization",
+    "CrownIBPTraining",
     "DONE",
     "ERM",
     "EpochVerdict",
     "FGSMRS",
     "GaussianAugmentation",
     "GradAlign",
+    "IBPTraining",
     "MART",
     "Objective",
     "PGDAT",

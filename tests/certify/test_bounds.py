@@ -10,6 +10,8 @@ lower bound (and the reverse for upper bounds) by construction.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,7 +83,7 @@ def test_all_methods_are_exact_on_a_linear_zoo_model_with_normalize() -> None:
     """mlp with hidden=() is Normalize -> Flatten -> Linear: one affine map, so IBP and
     every CROWN method equal its exact range over the box (hand-computed)."""
     torch.manual_seed(0)
-    m = models.create("mlp", num_classes=3, in_channels=2, input_size=(3, 3), hidden=(), mean=[0.3, 0.6], std=[0.2, 0.5]).double()
+    m: Any = models.create("mlp", num_classes=3, in_channels=2, input_size=(3, 3), hidden=(), mean=[0.3, 0.6], std=[0.2, 0.5]).double()
     x = torch.rand(4, 2, 3, 3, dtype=torch.float64)
     eps = 0.07
     lin = m.layers[0]
@@ -109,7 +111,7 @@ def test_crown_is_exact_on_a_ball_where_every_relu_is_stable() -> None:
     """Tiny eps: every ReLU is stable, the net is affine on the ball, CROWN is exact (its
     bound is attained by a corner), IBP is not."""
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    net: Any = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
     x = torch.full((1, 4), 0.5, dtype=torch.float64)
     eps = 1e-4
     res = all_bounds(net, x, eps)
@@ -124,7 +126,7 @@ def test_crown_is_exact_on_a_ball_where_every_relu_is_stable() -> None:
 
 # -- orderings (hypothesis) ---------------------------------------------------------------------
 @st.composite
-def random_nets(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+def random_nets(draw: st.DrawFn) -> tuple[Any, torch.Tensor, torch.Tensor, float]:
     seed = draw(st.integers(0, 10_000))
     g = torch.Generator().manual_seed(seed)
     conv = draw(st.booleans())
@@ -136,7 +138,7 @@ def random_nets(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor, torch.Tensor,
         body = nn.Sequential(nn.Conv2d(c, ch, 3, stride=stride, padding=pad), nn.ReLU())
         with torch.no_grad():
             flat = body(torch.zeros(1, c, h, h)).numel()
-        net = nn.Sequential(body, nn.Flatten(), nn.Linear(flat, 6), nn.ReLU(), nn.Linear(6, k))
+        net: Any = nn.Sequential(body, nn.Flatten(), nn.Linear(flat, 6), nn.ReLU(), nn.Linear(6, k))
         x_shape: tuple[int, ...] = (c, h, h)
     else:
         d = draw(st.integers(1, 6))
@@ -160,7 +162,7 @@ def random_nets(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor, torch.Tensor,
 
 @settings(max_examples=25, deadline=None)
 @given(random_nets())
-def test_alpha_crown_ge_crown_ge_ibp_on_random_nets(case: tuple[nn.Module, torch.Tensor, torch.Tensor, float]) -> None:
+def test_alpha_crown_ge_crown_ge_ibp_on_random_nets(case: tuple[Any, torch.Tensor, torch.Tensor, float]) -> None:
     net, x, y, eps = case
     C = margin_spec(y, net[-1].out_features)
     res = all_bounds(net, x, eps, C, alpha_steps=5)
@@ -210,7 +212,8 @@ def test_conv_backward_is_the_jacobian_transpose(
     lam_in, bias = op.backward(eye, [None], None)
     assert lam_in[0] is not None
     assert torch.allclose(lam_in[0].reshape(op.numel, -1), jac, atol=1e-12, rtol=0)
-    assert bias is not None and torch.allclose(bias[0], conv.bias.detach().repeat_interleave(op.numel // conv.out_channels))
+    assert bias is not None and conv.bias is not None
+    assert torch.allclose(bias[0], conv.bias.detach().repeat_interleave(op.numel // conv.out_channels))
 
 
 @pytest.mark.parametrize(
@@ -264,7 +267,7 @@ def test_a_2d_spec_is_broadcast_over_the_batch() -> None:
 def test_batchnorm_in_train_mode_uses_its_running_statistics_and_modes_are_restored() -> None:
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 2))
-    bn = net[1]
+    bn: Any = net[1]
     with torch.no_grad():
         bn.running_mean.copy_(torch.randn(3))
         bn.running_var.copy_(torch.rand(3) + 0.5)
@@ -297,7 +300,7 @@ def test_float32_and_float64_bounds_agree() -> None:
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
 def test_bounds_are_differentiable_in_the_parameters(method: str) -> None:
     torch.manual_seed(7)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    net: Any = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
     x = torch.rand(2, 1, 4, 4)
     C = margin_spec(torch.tensor([0, 2]), 3)
     lo, _ = compute_bounds(net, x, 0.1, method=method, C=C, bound_upper=False, intersect_ibp=False)

@@ -422,6 +422,26 @@ def test_untraceable_model_raises_a_typed_error() -> None:
         compute_bounds(Branchy(), torch.rand(2, 3), 0.1)
 
 
+def test_tracing_leaves_the_model_unchanged() -> None:
+    """torch.fx stores tensors made in forward as attributes of the traced root; the
+    trace runs on a wrapper, so the user's model gains no attributes or state."""
+
+    class WithConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x - torch.tensor([0.5, 0.25, 0.0]))
+
+    net = WithConstant()
+    before = (dict(vars(net)), {k: v.clone() for k, v in net.state_dict().items()})
+    lo, hi = compute_bounds(net, torch.rand(2, 3), 0.1, method="crown")
+    assert dict(vars(net)).keys() == before[0].keys()
+    assert all(torch.equal(v, before[1][k]) for k, v in net.state_dict().items())
+    assert bool((lo <= hi).all())
+
+
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.fixture
 def small() -> tuple[nn.Module, torch.Tensor]:

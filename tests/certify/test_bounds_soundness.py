@@ -81,6 +81,27 @@ class ResidualNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
+class FunctionalNet(nn.Module):
+    """The functional and arithmetic forms: ``1 - x``, a parameter scale, F.conv2d,
+    F.avg_pool2d, ``view(x.size(0), -1)``, torch.relu, F.linear, F.leaky_relu, a
+    difference of two traced tensors, a constant made in forward, ``.neg()``."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.l1 = nn.Linear(4 * 3 * 3, 8)
+        self.l2 = nn.Linear(8, k)
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (1.0 - x) * self.scale + torch.tensor(0.1)
+        h = F.avg_pool2d(F.relu(F.conv2d(x, self.c1.weight, self.c1.bias, padding=1)), 2)
+        h = h.view(h.size(0), -1)
+        h = torch.relu(F.linear(h, self.l1.weight, self.l1.bias))
+        h = F.leaky_relu(h, 0.2) - 0.5 * h
+        return self.l2(h).neg()
+
+
 def _conv_body(c: int, k: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(c, 4, 3, stride=2, padding=1), nn.ReLU(),
@@ -130,6 +151,8 @@ def make_net(name: str) -> tuple[nn.Module, tuple[int, ...], float]:
         return _randomise(net, 4), (2, 6, 6), 0.02
     if name == "normalize-plain":
         return _randomise(PlainNormalize(_conv_body(2, k), [0.4, 0.6], [0.25, 0.3]), 4), (2, 6, 6), 0.02
+    if name == "functional":
+        return _randomise(FunctionalNet(k), 7), (2, 6, 6), 0.04
     if name == "activations":
         net = nn.Sequential(
             nn.Linear(8, 12), nn.LeakyReLU(0.1), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 12), nn.Sigmoid(),
@@ -139,7 +162,7 @@ def make_net(name: str) -> tuple[nn.Module, tuple[int, ...], float]:
     raise KeyError(name)
 
 
-NETS = ["mlp", "conv", "residual-bn", "bn-avgpool", "normalize-layer", "normalize-plain", "activations"]
+NETS = ["mlp", "conv", "residual-bn", "bn-avgpool", "normalize-layer", "normalize-plain", "functional", "activations"]
 
 
 # -- the attackers ------------------------------------------------------------------------------

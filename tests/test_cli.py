@@ -52,8 +52,12 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
             a["subset"] = 30
             if a["name"] == "pgd":
                 a["params"]["steps"] = 2
+        if (section.get("train") or {}).get("objective") in ("ibp", "crown-ibp"):
+            section["train"]["objective_params"].update(warmup=0, rampup=1)  # the ramp fits 2 epochs
         for c in (section.get("evaluate") or {}).get("certify", []):
-            c["subset"], c["params"]["n"] = 30, 6000  # certifies up to radius 0.76 at sigma 0.25
+            c["subset"] = 30
+            if c["method"] == "smoothing":
+                c["params"]["n"] = 6000  # certifies up to radius 0.76 at sigma 0.25
     suite = tmp_path / "bench-tiny.yaml"
     suite.write_text(yaml.safe_dump(tree))
     res = tmp_path / "res"
@@ -82,6 +86,15 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert len(certs) >= 3 and {row["point_set"] for row in certs} == {row["point_set"] for row in l2}
     accs = [row["accuracy"] for row in certs]
     assert accs == sorted(accs, reverse=True) and all(row["extra"]["lower"] <= row["accuracy"] for row in certs)
+    # verified accuracy: IBP <= CROWN-IBP, each never above PGD's robust accuracy on the same points
+    crown = next(r for r in runs if r["name"].startswith("crown-ibp"))["metrics"]["robust"]
+    ver = {(row["attack"], row["eps"]): row for row in crown if row["kind"] == "certify"}
+    pgd = {row["eps"]: row for row in crown if row["attack"] == "pgd"}
+    assert {m for m, _ in ver} == {"ibp", "crown-ibp"}
+    for (m, e), row in ver.items():
+        assert row["accuracy"] <= ver["crown-ibp", e]["accuracy"]
+        if row["point_set"] == pgd[e]["point_set"]:
+            assert row["accuracy"] <= pgd[e]["accuracy"]
     # a rerun of finished configs is a no-op
     from robustlab.experiments import ResultsStore
 

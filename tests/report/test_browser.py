@@ -87,6 +87,8 @@ def bench_report(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     tree = yaml.safe_load(packaged_config("bench").read_text())
     for section in [tree["base"], *tree["runs"]]:
+        if (section.get("train") or {}).get("objective") in ("ibp", "crown-ibp"):
+            section["train"]["objective_params"].update(warmup=0, rampup=1)  # the ramp fits 2 epochs
         for a in (section.get("evaluate") or {}).get("attacks", []):
             if a["name"] == "pgd":
                 a["params"]["steps"] = 2  # on every test point, as in the real suite
@@ -213,9 +215,16 @@ def test_key_columns_are_visible_without_scrolling_at_1400px(rendered):
 
 def test_certificate_tables_are_visible_and_mark_their_points(rendered):
     tables = rendered["certify"]
-    assert len(tables) == 2  # ce/clean and gaussian-0.25/clean are certified in the bench suite
+    assert len(tables) == 3  # ce/clean, gaussian-0.25/clean (smoothing) and crown-ibp/clean (bounds)
     right = rendered["innerWidth"]
-    for t in tables:
+    for t in tables:  # every header cell inside its table and the window
+        assert all(h["left"] >= t["box"]["left"] - 0.5 and h["right"] <= min(t["box"]["right"], right) + 0.5
+                   for h in t["heads"]), t["heads"]
+    verified = {h["col"]: h for h in tables[2]["heads"]}
+    assert list(verified) == ["radius", "cert-0", "cert-1", "attack-0", "attack-1"]
+    assert "crown-ibp" in verified["cert-0"]["text"] and "ibp" in verified["cert-1"]["text"]
+    assert tables[2]["radii"] == ["0.0", "0.02", "0.05", "0.1", "0.2"]
+    for t in tables[:2]:
         heads = {h["col"]: h for h in t["heads"]}
         assert list(heads) == ["radius", "cert-0", "attack-0"]
         assert all(h["left"] >= t["box"]["left"] - 0.5 and h["right"] <= min(t["box"]["right"], right) + 0.5

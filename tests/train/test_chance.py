@@ -158,7 +158,7 @@ def test_adversarial_flag_names_eps_and_the_eps_warmup_and_warmup_epochs_are_not
     hist = Trainer(fresh(), obj, epochs=4, batch_size=240, lr=1e-9, progress=False).fit(ds)
     # epochs 1 and 2 end inside the eps warm-up: not judged; 3 and 4 are
     assert [bool(h.get("flags")) for h in hist] == [False, False, True, True]
-    assert "lower eps (0.05 now) or add an eps warm-up (train.objective_params.eps_warmup)" in hist[2]["flags"][0]
+    assert "lower eps (0.05 now) or add or lengthen the eps warm-up (train.objective_params.eps_warmup)" in hist[2]["flags"][0]
     # the lr warm-up counts the same way
     hist = Trainer(fresh(), Collapse(at=0), epochs=3, batch_size=240, lr=1e-9, warmup_epochs=1.5,
                    progress=False).fit(ds)

@@ -474,9 +474,11 @@ class Trainer:
             return None
         threat = getattr(self.objective, "threat", None)
         if threat is not None and threat.eps > 0:
+            params = self.objective.get_params()
+            ramp = next((k for k in ("eps_warmup", "rampup", "warmup") if k in params), "eps_warmup")
             fix = (
-                f"lower eps ({threat.eps:g} now) or add an eps warm-up "
-                f"(train.objective_params.eps_warmup), lower the learning rate (train.lr, {self.lr:g} now) "
+                f"lower eps ({threat.eps:g} now) or add or lengthen the eps warm-up "
+                f"(train.objective_params.{ramp}), lower the learning rate (train.lr, {self.lr:g} now) "
                 f"or add an lr warm-up (train.warmup_epochs)"
             )
         else:

@@ -498,3 +498,83 @@ def test_batchnorm_without_running_stats_is_refused() -> None:
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(UnsupportedLayerError, match="BatchNorm1d"):
         compute_bounds(net, torch.rand(2, 3), 0.1)
+
+
+# -- BoundedModel: one trace, the current weights ------------------------------------------------
+def _bn_net() -> nn.Sequential:
+    torch.manual_seed(11)
+    net = nn.Sequential(
+        Normalize((0.5,), (0.25,)), nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3),
+    )
+    bn = net[2]
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bounded_model_sees_optimizer_steps_and_load_state_dict(dtype: torch.dtype) -> None:
+    """A BoundedModel traces once and rebuilds its graph from the model's current
+    parameters and buffers: after an optimiser step (in place, with the BN fold and the
+    float64 cast recomputed) and after load_state_dict its bounds equal a fresh trace's,
+    bit for bit, and it adds nothing to the model."""
+    from robustlab.certify.bounds import BoundedModel
+
+    net = _bn_net()
+    x = torch.rand(5, 1, 8, 8, dtype=dtype)
+    C = margin_spec(torch.tensor([0, 1, 2, 0, 1]), 3)
+    before = dict(vars(net)).keys()
+    bounded = BoundedModel(net)
+    first = {m: compute_bounds(bounded, x, 0.05, "linf", m, C, alpha_steps=2) for m in METHODS}
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    lo, _ = bounded.compute_bounds(x.float(), 0.05, method="crown-ibp", C=C, bound_upper=False, intersect_ibp=False)
+    (-lo.sum()).backward()  # gradients flow to the parameters through the cached trace
+    assert net[5].weight.grad is not None and net[1].weight.grad is not None
+    opt.step()
+    with torch.no_grad():
+        net[2].running_var.mul_(1.5)  # type: ignore[operator]
+    for m in METHODS:
+        got = compute_bounds(bounded, x, 0.05, "linf", m, C, alpha_steps=2)
+        want = compute_bounds(net, x, 0.05, "linf", m, C, alpha_steps=2)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), m
+        assert not torch.equal(got[0], first[m][0]), m  # the new weights were read
+    fresh = _bn_net()
+    net.load_state_dict(fresh.state_dict())
+    for m in METHODS:
+        got = bounded.compute_bounds(x, 0.05, "linf", m, C, alpha_steps=2)
+        want = compute_bounds(fresh, x, 0.05, "linf", m, C, alpha_steps=2)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), m
+        assert torch.equal(got[0], first[m][0]), m
+    fc = net[5]
+    assert isinstance(fc, nn.Linear)
+    fc.weight = nn.Parameter(fc.weight.detach() * 2)  # a reassigned parameter is read too
+    got = bounded.compute_bounds(x, 0.05, method="crown", C=C)
+    want = compute_bounds(net, x, 0.05, method="crown", C=C)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert dict(vars(net)).keys() == before
+    # one fx trace; one recorded graph per input dtype (float32 for the training step)
+    assert len(bounded._traces) == (1 if dtype == torch.float32 else 2) and bounded._fx is not None
+
+
+def test_bounded_model_trains_over_several_steps_and_verifies_in_batches() -> None:
+    """Two training steps through one BoundedModel (no autograd graph is kept between
+    calls), and verified_accuracy equals per-batch verify with a plain model."""
+    from robustlab.certify.bounds import BoundedModel
+
+    net = _bn_net()
+    bounded = BoundedModel(net)
+    x = torch.rand(6, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):
+        lo, _ = compute_bounds(bounded, x, 0.02, method="crown-ibp", C=margin_spec(y, 3), bound_upper=False)
+        opt.zero_grad()
+        (-lo.sum()).backward()
+        opt.step()
+    threat = ThreatModel("linf", 0.01)
+    want = torch.cat([verify(net, x[i : i + 4], y[i : i + 4], threat) for i in (0, 4)])
+    assert torch.equal(bounded.verify(x, y, threat), verify(net, x, y, threat))
+    assert verified_accuracy(bounded, x, y, threat, batch_size=4) == float(want.float().mean())

@@ -12,6 +12,8 @@ attack can then break it.
 >>> lower, upper = compute_bounds(model, x, eps=0.1, method="crown-ibp")        # (B, K) each
 >>> lower, _ = compute_bounds(model, x, 0.1, C=margin_spec(y, 10), method="crown")  # (B, 9)
 >>> verified_accuracy(model, x, y, ThreatModel("linf", 0.1), method="crown-ibp")
+>>> bounded = BoundedModel(model)     # traced once, reused by every call (current weights)
+>>> lower, upper = compute_bounds(bounded, x, eps=0.1, method="ibp")
 
 Methods (each returns sound bounds; cost is relative to one forward pass):
 
@@ -79,7 +81,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from robustlab.attacks.engine import eval_mode, model_bounds, model_device
 from robustlab.attacks.threat import ThreatModel
@@ -87,12 +89,15 @@ from robustlab.certify.bounds.graph import (
     SUPPORTED,
     BoundGraph,
     MaxPoolOp,
-    build_graph,
+    Trace,
+    rebuild_graph,
+    trace_graph,
     unsupported,
 )
 from robustlab.certify.bounds.propagation import (
     LAMBDA_BUDGET,
     InputSet,
+    Relaxations,
     alpha_crown,
     crown_final,
     crown_intermediate,
@@ -165,8 +170,118 @@ def _check_common(model: nn.Module, x: torch.Tensor, threat: ThreatModel) -> tup
     return box
 
 
+class BoundedModel:
+    """A model prepared for repeated bound computations: traced with ``torch.fx`` once
+    (lazily, on the first call) and its bound graph rebuilt per call from that trace, per
+    input shape, dtype and device, without tracing or running the model again.
+
+    >>> bounded = BoundedModel(model)
+    >>> for x, y in batches:                    # e.g. certified training or evaluation
+    ...     lower, _ = bounded.compute_bounds(x, 0.1, C=margin_spec(y, 10), method="crown-ibp")
+    >>> compute_bounds(bounded, x, 0.1)         # the module-level functions accept it too
+
+    Every call reads the model's *current* parameters, buffers and tensor attributes
+    (weights changed in place by an optimiser, ``load_state_dict``, a reassigned
+    parameter), so the bounds equal those of a fresh trace and gradients flow to the
+    parameters. What is cached is the model's *structure*: its modules' types and its
+    forward code; after changing those (replacing a layer by one of another kind, editing
+    forward), make a new ``BoundedModel``. Nothing is stored on the model itself.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if isinstance(model, BoundedModel):
+            model = model.model
+        if not isinstance(model, nn.Module):  # checked for callers without type checking
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model: nn.Module = model
+        self._fx: tuple[nn.Module, fx.Graph] | None = None
+        self._traces: dict[tuple[object, ...], Trace] = {}
+
+    def __repr__(self) -> str:
+        return f"BoundedModel({type(self.model).__name__}, traced shapes={len(self._traces)})"
+
+    def graph(self, x: torch.Tensor) -> BoundGraph:
+        """The bound graph for inputs shaped like ``x`` (on the model's device; bounds in
+        ``x``'s dtype), with the model's current weights. Call with the model in eval
+        mode (:func:`~robustlab.attacks.engine.eval_mode`), as :meth:`compute_bounds` does."""
+        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        key = (tuple(x.shape[1:]), x.dtype, x.device, None if param is None else (param.dtype, param.device))
+        traced = self._traces.get(key)
+        if traced is not None:
+            return rebuild_graph(self.model, traced, x.dtype, x.device)
+        graph, traced = trace_graph(self.model, x, self._fx)
+        self._fx = (traced.root, traced.graph)
+        self._traces[key] = traced
+        return graph
+
+    def compute_bounds(
+        self,
+        x: torch.Tensor,
+        eps: float,
+        norm: str = "linf",
+        method: str = "crown-ibp",
+        C: torch.Tensor | None = None,
+        *,
+        alpha_steps: int = 20,
+        alpha_lr: float = 0.1,
+        bound_upper: bool = True,
+        intersect_ibp: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`compute_bounds` of this model (same parameters and result)."""
+        method = check_choice(method, "method", METHODS)
+        threat = ThreatModel(norm, eps)
+        alpha_steps = check_int(alpha_steps, "alpha_steps", minimum=0)
+        alpha_lr = check_float(alpha_lr, "alpha_lr", low=0.0, low_open=True)
+        check_bool(bound_upper, "bound_upper")
+        check_bool(intersect_ibp, "intersect_ibp")
+        model = self.model
+        box = _check_common(model, x, threat)
+        device = model_device(model) or x.device
+        xd = x.detach().to(device)
+        with eval_mode(model):
+            graph = self.graph(xd)
+            k = graph.ops[graph.output].shape[0]
+            spec = _check_spec(C, len(x), k, xd)
+            lo_box = (xd - threat.eps).clamp(min=box[0])
+            hi_box = (xd + threat.eps).clamp(max=box[1])
+            inp = InputSet(threat.norm, xd, threat.eps, lo_box, hi_box)
+            lower, upper = _bounds(graph, inp, spec, method, alpha_steps, alpha_lr, bound_upper, intersect_ibp)
+        return lower.to(x.device), upper.to(x.device)
+
+    def verify(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        method: str = "crown-ibp",
+        *,
+        alpha_steps: int = 20,
+        alpha_lr: float = 0.1,
+    ) -> torch.Tensor:
+        """:func:`verify` with this model."""
+        return verify(self, x, y, threat, method, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+
+    def verified_accuracy(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        method: str = "crown-ibp",
+        batch_size: int = 128,
+        *,
+        alpha_steps: int = 20,
+        alpha_lr: float = 0.1,
+    ) -> float:
+        """:func:`verified_accuracy` with this model."""
+        return verified_accuracy(self, x, y, threat, method, batch_size, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+
+
+def _bounded(model: nn.Module | BoundedModel) -> BoundedModel:
+    return model if isinstance(model, BoundedModel) else BoundedModel(model)
+
+
 def compute_bounds(
-    model: nn.Module,
+    model: nn.Module | BoundedModel,
     x: torch.Tensor,
     eps: float,
     norm: str = "linf",
@@ -187,7 +302,8 @@ def compute_bounds(
     ----------
     model: a model built from the supported layers (module docstring); traced with
         ``torch.fx`` and evaluated in eval mode (modes restored; BatchNorm uses its
-        running statistics).
+        running statistics). A :class:`BoundedModel` reuses its trace across calls
+        (a plain module is traced on every call).
     x: inputs ``(B, *input_shape)`` in the input box.
     eps, norm: the ball (``"linf"``, ``"l2"``, ``"l1"``), checked like the attacks' threat
         models (negative, NaN or beyond-the-box budgets raise EpsilonError).
@@ -199,24 +315,12 @@ def compute_bounds(
     intersect_ibp: return the tighter of the method's and IBP's bounds (default; see the
         module docstring).
     """
-    method = check_choice(method, "method", METHODS)
-    threat = ThreatModel(norm, eps)
-    alpha_steps = check_int(alpha_steps, "alpha_steps", minimum=0)
-    alpha_lr = check_float(alpha_lr, "alpha_lr", low=0.0, low_open=True)
-    check_bool(bound_upper, "bound_upper")
-    check_bool(intersect_ibp, "intersect_ibp")
-    box = _check_common(model, x, threat)
-    device = model_device(model) or x.device
-    xd = x.detach().to(device)
-    with eval_mode(model):
-        graph = build_graph(model, xd)
-        k = graph.ops[graph.output].shape[0]
-        spec = _check_spec(C, len(x), k, xd)
-        lo_box = (xd - threat.eps).clamp(min=box[0])
-        hi_box = (xd + threat.eps).clamp(max=box[1])
-        inp = InputSet(threat.norm, xd, threat.eps, lo_box, hi_box)
-        lower, upper = _bounds(graph, inp, spec, method, alpha_steps, alpha_lr, bound_upper, intersect_ibp)
-    return lower.to(x.device), upper.to(x.device)
+    if not isinstance(model, (nn.Module, BoundedModel)):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return _bounded(model).compute_bounds(
+        x, eps, norm, method, C, alpha_steps=alpha_steps, alpha_lr=alpha_lr,
+        bound_upper=bound_upper, intersect_ibp=intersect_ibp,
+    )
 
 
 def _bounds(
@@ -236,15 +340,16 @@ def _bounds(
     for op in graph.ops:
         if isinstance(op, MaxPoolOp):
             raise unsupported(f"{op.name} (MaxPool2d) with method={method!r}", "it is supported by method='ibp' only")
+    relax = Relaxations()  # each ReLU layer's relaxation, computed once per interval
     if method == "crown-ibp":
-        lower, upper = crown_final(graph, inp, ibp, C, upper=bound_upper)
+        lower, upper = crown_final(graph, inp, ibp, C, upper=bound_upper, relax=relax)
     elif method == "crown":
-        inter = crown_intermediate(graph, inp, ibp, intersect=intersect)
-        lower, upper = crown_final(graph, inp, inter, C, upper=bound_upper)
+        inter = crown_intermediate(graph, inp, ibp, intersect=intersect, relax=relax)
+        lower, upper = crown_final(graph, inp, inter, C, upper=bound_upper, relax=relax)
     else:
         with torch.no_grad():
-            inter = crown_intermediate(graph, inp, ibp, intersect=intersect)
-            c_lo, c_hi = crown_final(graph, inp, inter, C, upper=bound_upper)
+            inter = crown_intermediate(graph, inp, ibp, intersect=intersect, relax=relax)
+            c_lo, c_hi = crown_final(graph, inp, inter, C, upper=bound_upper, relax=relax)
         lower, upper = alpha_crown(graph, inp, inter, C, upper=bound_upper, steps=alpha_steps, lr=alpha_lr)
         lower = torch.maximum(lower, c_lo)
         if upper is not None and c_hi is not None:
@@ -258,7 +363,7 @@ def _bounds(
 
 
 def verify(
-    model: nn.Module,
+    model: nn.Module | BoundedModel,
     x: torch.Tensor,
     y: torch.Tensor,
     threat: ThreatModel,
@@ -272,6 +377,10 @@ def verify(
     input box (so no attack within the threat model can change the prediction)."""
     if not isinstance(threat, ThreatModel):
         raise ConfigError(f"threat must be a ThreatModel (e.g. ThreatModel('linf', 0.1)), got {threat!r}.")
+    if not isinstance(model, (nn.Module, BoundedModel)):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    bounded = _bounded(model)
+    model = bounded.model
     _check_common(model, x, threat)
     device = model_device(model) or x.device
     with torch.no_grad(), eval_mode(model):
@@ -283,8 +392,8 @@ def verify(
     yd = y.to(device)
     spec = margin_spec(yd, k)
     with torch.no_grad():
-        lower, _ = compute_bounds(
-            model, x.to(device), threat.eps, threat.norm, method, spec,
+        lower, _ = bounded.compute_bounds(
+            x.to(device), threat.eps, threat.norm, method, spec,
             alpha_steps=alpha_steps, alpha_lr=alpha_lr, bound_upper=False,
         )
     ok = (logits.argmax(1) == yd) & (lower > 0).all(1)
@@ -292,7 +401,7 @@ def verify(
 
 
 def verified_accuracy(
-    model: nn.Module,
+    model: nn.Module | BoundedModel,
     x: torch.Tensor,
     y: torch.Tensor,
     threat: ThreatModel,
@@ -303,15 +412,19 @@ def verified_accuracy(
     alpha_lr: float = 0.1,
 ) -> float:
     """Share of the points that :func:`verify` verifies (NaN for no points), computed in
-    batches of ``batch_size`` (the bounds of an image do not depend on its batch)."""
+    batches of ``batch_size`` (the bounds of an image do not depend on its batch); the
+    model is traced once for all batches."""
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if len(x) != len(y):
         raise ShapeMismatchError(f"x has {len(x)} inputs but y has {len(y)} labels; they must match.")
     if len(x) == 0:
         return math.nan
+    if not isinstance(model, (nn.Module, BoundedModel)):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    bounded = _bounded(model)
     count = 0
     for start in range(0, len(x), batch_size):
-        ok = verify(model, x[start : start + batch_size], y[start : start + batch_size], threat, method,
+        ok = verify(bounded, x[start : start + batch_size], y[start : start + batch_size], threat, method,
                     alpha_steps=alpha_steps, alpha_lr=alpha_lr)
         count += int(ok.sum())
     return count / len(x)
@@ -321,6 +434,7 @@ __all__ = [
     "LAMBDA_BUDGET",
     "METHODS",
     "SUPPORTED",
+    "BoundedModel",
     "UnsupportedLayerError",
     "compute_bounds",
     "margin_spec",

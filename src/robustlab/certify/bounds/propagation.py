@@ -29,6 +29,7 @@ from robustlab.certify.bounds.graph import (
     LinearOp,
     MonotoneOp,
     ReluOp,
+    ReluRelaxation,
     relu_relaxation,
 )
 
@@ -103,6 +104,24 @@ def ibp_spec(graph: BoundGraph, bounds: list[Interval], C: torch.Tensor) -> Inte
     return mid - rad, mid + rad
 
 
+class Relaxations:
+    """The ReLU relaxations of one bound computation, each computed once from the
+    interval it was asked for and reused while that interval (the same tensors) stays the
+    layer's bound: by the lower and upper pass, by every chunk of an intermediate layer and
+    by the passes of every later layer."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, ReluRelaxation]] = {}
+
+    def get(self, idx: int, op: ReluOp, iv: Interval) -> ReluRelaxation:
+        hit = self._cache.get(idx)
+        if hit is not None and hit[0] is iv[0] and hit[1] is iv[1]:
+            return hit[2]
+        rx = ReluRelaxation.of(iv[0], iv[1], op.slope)
+        self._cache[idx] = (iv[0], iv[1], rx)
+        return rx
+
+
 def backward_bound(
     graph: BoundGraph,
     target: int,
@@ -110,33 +129,44 @@ def backward_bound(
     bounds: list[Interval],
     inp: InputSet,
     alphas: dict[int, torch.Tensor] | None = None,
+    relax: Relaxations | None = None,
 ) -> torch.Tensor:
     """CROWN's lower bound of ``lam0 · h_target`` over the input set, shape ``(B, S)``.
 
     ``lam0`` has shape ``(B, S, *shape of target)``; ``bounds`` holds the pre-activation
     intervals of every activation between the input and ``target``; ``alphas`` maps a
-    ReLU op to its lower slopes ``(B, S, *shape)`` (α-CROWN), else the adaptive slopes.
-    An upper bound is minus the lower bound of ``-lam0``.
+    ReLU op to its lower slopes ``(B, S, *shape)`` (α-CROWN), else the adaptive slopes;
+    ``relax`` caches the ReLU relaxations across passes. An upper bound is minus the
+    lower bound of ``-lam0``.
     """
+    if relax is None:
+        relax = Relaxations()
     lams: dict[int, torch.Tensor] = {target: lam0}
-    bias = torch.zeros(lam0.shape[:2], dtype=lam0.dtype, device=lam0.device)
+    bias: torch.Tensor | None = None
     for idx in range(target, -1, -1):
         lam = lams.pop(idx, None)
         if lam is None:
             continue
         op = graph.ops[idx]
         if isinstance(op, InputOp):
-            bias = bias + inp.concretize(lam)
+            c = inp.concretize(lam)
+            bias = c if bias is None else bias + c
             continue
-        pre: list[Interval | None] = [bounds[j] for j in op.inputs]
         alpha = None if alphas is None else alphas.get(idx)
-        ins, b = op.backward(lam, pre, alpha)
+        if isinstance(op, ReluOp):
+            j = op.inputs[0]
+            ins, b = op.backward_relaxed(lam, relax.get(j, op, bounds[j]), alpha)
+        else:
+            pre: list[Interval | None] = [bounds[j] for j in op.inputs]
+            ins, b = op.backward(lam, pre, alpha)
         if b is not None:
-            bias = bias + b
+            bias = b if bias is None else bias + b
         for j, lj in zip(op.inputs, ins):
             if lj is None:
                 continue
             lams[j] = lams[j] + lj if j in lams else lj
+    if bias is None:
+        return torch.zeros(lam0.shape[:2], dtype=lam0.dtype, device=lam0.device)
     return bias
 
 
@@ -153,7 +183,7 @@ def _identity_specs(
 
 
 def crown_intermediate(
-    graph: BoundGraph, inp: InputSet, ibp: list[Interval], *, intersect: bool
+    graph: BoundGraph, inp: InputSet, ibp: list[Interval], *, intersect: bool, relax: Relaxations | None = None
 ) -> list[Interval]:
     """Pre-activation bounds by CROWN (one backward pass per neuron, in chunks).
 
@@ -168,6 +198,8 @@ def crown_intermediate(
     and never looser than IBP).
     """
     bounds = list(ibp)
+    if relax is None:
+        relax = Relaxations()
     for idx in graph.relaxed():
         if inp.norm == "linf" and graph.exact[idx]:
             continue
@@ -190,7 +222,7 @@ def crown_intermediate(
         for start in range(0, len(sel), chunk):
             part = sel[start : start + chunk]
             k = len(part)
-            res = backward_bound(graph, idx, _identity_specs(part, n, batch, shape, lo), bounds, inp)
+            res = backward_bound(graph, idx, _identity_specs(part, n, batch, shape, lo), bounds, inp, relax=relax)
             c_lo, c_hi = res[:, :k], -res[:, k:]
             old_lo, old_hi = flat_lo[:, part], flat_hi[:, part]
             if intersect:
@@ -207,11 +239,19 @@ def _final_specs(C: torch.Tensor, upper: bool) -> torch.Tensor:
 
 
 def crown_final(
-    graph: BoundGraph, inp: InputSet, bounds: list[Interval], C: torch.Tensor, *, upper: bool
+    graph: BoundGraph,
+    inp: InputSet,
+    bounds: list[Interval],
+    C: torch.Tensor,
+    *,
+    upper: bool,
+    relax: Relaxations | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """CROWN bounds of ``C z`` (one backward pass with ``S`` or ``2S`` specifications)."""
+    """CROWN bounds of ``C z``: one backward pass with ``S`` specifications, or ``2S``
+    (``[C; -C]`` stacked, so the lower and upper bounds share every layer's matrix
+    product and relaxation) when ``upper``."""
     s = C.shape[1]
-    res = backward_bound(graph, graph.output, _final_specs(C, upper), bounds, inp)
+    res = backward_bound(graph, graph.output, _final_specs(C, upper), bounds, inp, relax=relax)
     return res[:, :s], (-res[:, s:] if upper else None)
 
 
@@ -255,9 +295,10 @@ def alpha_crown(
     best: torch.Tensor | None = None
     params = list(alphas.values())
     opt = torch.optim.Adam(params, lr=lr) if params else None
+    relax = Relaxations()
     for t in range(steps + 1):
         with torch.enable_grad():
-            res = backward_bound(graph, graph.output, lam0, bounds, inp, alphas)
+            res = backward_bound(graph, graph.output, lam0, bounds, inp, alphas, relax)
             objective = -res.sum()
         cur = res.detach()
         best = cur if best is None else torch.maximum(best, cur)
@@ -278,6 +319,7 @@ def alpha_crown(
 __all__ = [
     "LAMBDA_BUDGET",
     "InputSet",
+    "Relaxations",
     "alpha_crown",
     "backward_bound",
     "crown_final",

@@ -1,3 +1,4 @@
+# ruff: noqa: B007, B023  (the timed closures run inside the iteration that defines them)
 """Bound computation time relative to one forward pass (issue 11's cost targets).
 
 CPU, 1 thread; best of N interleaved repetitions per (model, batch); prints the load.

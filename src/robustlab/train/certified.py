@@ -76,7 +76,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import ThreatModel
-from robustlab.certify.bounds import compute_bounds, margin_spec
+from robustlab.attacks.engine import eval_mode
+from robustlab.certify.bounds import BoundedModel, compute_bounds, margin_spec
 from robustlab.errors import ConfigError, ShapeMismatchError
 from robustlab.train.adversarial.base import check_eps
 from robustlab.train.objectives import Objective, accuracy_metric, objectives
@@ -150,7 +151,8 @@ def robust_cross_entropy(lower: torch.Tensor) -> torch.Tensor:
 
 
 def margin_lower_bounds(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, method: str, num_classes: int
+    model: nn.Module | BoundedModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, method: str,
+    num_classes: int,
 ) -> torch.Tensor:
     """Lower bounds ``(B, K - 1)`` of the margins ``z_y - z_j`` over ``threat``'s ball
     around ``x`` (with the input box), differentiable in the model's parameters.
@@ -222,11 +224,22 @@ class CertifiedObjective(Objective):
 
     # -- the loss -------------------------------------------------------------------
     def lower_bounds(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, num_classes: int
+        self, model: nn.Module | BoundedModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+        num_classes: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, best)``: the margin lower bounds the loss uses and the tightest sound
         lower bounds computed (for the ``verified`` metric), each ``(B, K - 1)``."""
         raise NotImplementedError
+
+    def bind(self, model: nn.Module, seed: int) -> None:
+        """Trace the model once for the whole training (the bound graph reads the current
+        weights at every step)."""
+        self._bounded = BoundedModel(model)
+
+    def bounded(self, model: nn.Module) -> nn.Module | BoundedModel:
+        """The traced model when ``model`` is the one bound, else ``model`` itself."""
+        b = getattr(self, "_bounded", None)
+        return b if b is not None and b.model is model else model
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
@@ -243,7 +256,7 @@ class CertifiedObjective(Objective):
                 metrics["verified"] = clean_margins_positive(model, x, y)
             return ce, metrics
         threat = self.threat if eps == self.threat.eps else self.threat.with_eps(eps)
-        lower, best = self.lower_bounds(model, x, y, threat, k)
+        lower, best = self.lower_bounds(self.bounded(model), x, y, threat, k)
         kappa = self.current_kappa()
         per = kappa * ce + (1.0 - kappa) * robust_cross_entropy(lower).to(ce.dtype)
         metrics["verified"] = (best.detach() > 0).all(1).float()
@@ -254,13 +267,8 @@ class CertifiedObjective(Objective):
 def clean_margins_positive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per sample, 1.0 when every clean margin ``z_y - z_j`` is positive in eval mode (what
     ``verified`` means at eps 0); modes are restored."""
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         z = model(x)
-    finally:
-        for m, t in was:
-            m.training = t
     zy = z.gather(1, y[:, None])
     others = torch.ones_like(z, dtype=torch.bool).scatter(1, y[:, None], False)
     return ((zy - z) > 0)[others].reshape(len(z), -1).all(1).float()
@@ -313,7 +321,8 @@ class IBPTraining(CertifiedObjective):
         super().__init__(eps=eps, norm=norm, warmup=warmup, rampup=rampup, kappa_final=kappa_final)
 
     def lower_bounds(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, num_classes: int
+        self, model: nn.Module | BoundedModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+        num_classes: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lower = margin_lower_bounds(model, x, y, threat, "ibp", num_classes)
         return lower, lower
@@ -375,7 +384,8 @@ class CrownIBPTraining(CertifiedObjective):
         return self.schedule.weight_at(self.progress, self.beta_final)
 
     def lower_bounds(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, num_classes: int
+        self, model: nn.Module | BoundedModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+        num_classes: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ibp = margin_lower_bounds(model, x, y, threat, "ibp", num_classes)
         beta = self.current_beta()

@@ -166,7 +166,7 @@ class BoundCertifier(Certifier):
     def get_params(self) -> dict[str, Any]:
         return {}
 
-    def _verify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    def _verify(self, model: Any, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         from robustlab.certify.bounds import verify
 
         return verify(model, x, y, threat, self.method, **self.get_params())
@@ -189,9 +189,12 @@ class BoundCertifier(Certifier):
         dev = model_device(model) or x.device
         with torch.no_grad(), eval_mode(model):
             pred = torch.cat([model(x[i : i + bs].to(dev)).argmax(1).cpu() for i in range(0, len(x), bs)])
+        from robustlab.certify.bounds import BoundedModel
+
+        bounded = BoundedModel(model)  # traced once for every batch and eps
         certified: dict[float, torch.Tensor] = {}
         for t in threats:
-            masks = [self._verify(model, x[i : i + bs].to(dev), y[i : i + bs].to(dev), t).cpu()
+            masks = [self._verify(bounded, x[i : i + bs].to(dev), y[i : i + bs].to(dev), t).cpu()
                      for i in range(0, len(x), bs)]
             certified[t.eps] = torch.cat(masks)
         if progress is not None:

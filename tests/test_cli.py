@@ -91,7 +91,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     ver = {(row["attack"], row["eps"]): row for row in crown if row["kind"] == "certify"}
     pgd = {row["eps"]: row for row in crown if row["attack"] == "pgd"}
     assert {m for m, _ in ver} == {"ibp", "crown-ibp"}
-    for (m, e), row in ver.items():
+    for (_m, e), row in ver.items():
         assert row["accuracy"] <= ver["crown-ibp", e]["accuracy"]
         if row["point_set"] == pgd[e]["point_set"]:
             assert row["accuracy"] <= pgd[e]["accuracy"]
@@ -304,7 +304,7 @@ def test_certify_command_with_bound_propagation_verifies_below_the_attack(tmp_pa
     attack = {r["eps"]: r["accuracy"] for r in rows if r["kind"] == "attack"}
     ver = {(r["attack"], r["eps"]): r["accuracy"] for r in rows if r["kind"] == "certify"}
     assert set(attack) == {0.005, 0.02} and set(ver) == {(m, e) for m in ("ibp", "crown-ibp") for e in attack}
-    for (m, e), acc in ver.items():
+    for (_m, e), acc in ver.items():
         assert acc <= attack[e]  # a verified point is never broken
         assert ver["ibp", e] <= ver["crown-ibp", e]  # CROWN-IBP is never looser than IBP
     assert main(["certify", "-m", str(weights), "--method", "crown-ibq", "--results", str(res)]) == 2

@@ -95,13 +95,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustlab.attacks.engine import eval_mode, model_device
 from robustlab.certify import stats
 from robustlab.certify.smoothing import (
     ABSTAIN,
     Certificates,
-    _device,
     check_deterministic,
-    eval_mode,
     image_seeds,
     sample_counts,
 )
@@ -254,7 +253,7 @@ class DualSmooth:
         out = []
         for model, half, side in zip(self._models(), halves, HALVES, strict=True):
             with eval_mode(model):
-                check_deterministic(model, half.to(_device(model, half)))
+                check_deterministic(model, half.to(model_device(model) or half.device))
                 out.append(sample_counts(model, half, sigma=self.sigma, n=n, num_classes=self.num_classes,
                                          seeds=image_seed, stream=f"{stage}-{side}", batch_size=bs))
         return out[0], out[1]

@@ -1,0 +1,1 @@
+"""noise corruptions (being written)."""

@@ -39,3 +39,40 @@ def test_clean_and_robust_accuracy_of_a_threshold_model():
     res = robust_accuracy(lin, x, y, ThreatModel("linf", 0.105), "pgd", steps=5, batch_size=16)
     assert torch.equal(res.robust, (x0 - 0.5).abs() > 0.105)
     assert res.to_dict()["accuracy"] == pytest.approx(res.robust.float().mean().item())
+
+
+def test_reliability_bins_by_hand_and_ece_matches_the_loop_definition() -> None:
+    from robustlab.evaluate.metrics import ece_of, reliability
+
+    # confidences 0.95, 0.95 (one right), 0.55 (right), 0.2 exactly at a bin edge (wrong)
+    probs = torch.tensor([[0.95, 0.05], [0.05, 0.95], [0.55, 0.45], [0.2, 0.8]])
+    probs[3] = torch.tensor([0.8, 0.2])  # max 0.8 sits on the edge of (0.6, 0.8] with bins=5
+    y = torch.tensor([0, 0, 0, 1])
+    d = reliability(probs, y, bins=5)
+    assert d["count"] == [0, 0, 1, 1, 2]
+    assert d["accuracy"][4] == pytest.approx(0.5) and d["confidence"][4] == pytest.approx(0.95)
+    assert d["accuracy"][3] == 0.0 and d["confidence"][3] == pytest.approx(0.8)
+    assert d["accuracy"][0] is None
+    want = 2 / 4 * abs(0.5 - 0.95) + 1 / 4 * abs(0 - 0.8) + 1 / 4 * abs(1 - 0.55)
+    assert ece_of(d) == pytest.approx(want)
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(500, 4, generator=gen).softmax(1)
+    yy = torch.randint(0, 4, (500,), generator=gen)
+    loop = 0.0
+    conf, pred = p.max(1)
+    for b in range(15):
+        m = (conf > b / 15) & (conf <= (b + 1) / 15)
+        if m.any():
+            loop += float(m.float().mean()) * abs(float((pred[m] == yy[m]).float().mean()) - float(conf[m].mean()))
+    assert expected_calibration_error(p, yy) == pytest.approx(loop, abs=1e-6)
+
+
+def test_disparity_on_hand_made_per_class_accuracies() -> None:
+    from robustlab.evaluate.metrics import disparity
+
+    d = disparity([0.9, None, 0.5, 0.7])
+    assert d["worst"] == 0.5 and d["worst_class"] == 2 and d["best"] == 0.9
+    assert d["gap"] == pytest.approx(0.4)
+    assert d["std"] == pytest.approx(((0.2**2 + 0.2**2 + 0) / 3) ** 0.5)
+    assert disparity([None, None])["gap"] is None
+    assert disparity([0.6, 0.6])["gap"] == 0 and disparity([0.6, 0.6])["worst_class"] == 0

@@ -11,9 +11,12 @@ from __future__ import annotations
 from robustlab.evaluate.metrics import (
     auto_batch_size,
     clean_accuracy,
+    disparity,
+    ece_of,
     expected_calibration_error,
     per_class_accuracy,
     predict_logits,
+    reliability,
     stage_accuracies,
 )
 from robustlab.evaluate.path import (
@@ -48,12 +51,15 @@ __all__ = [
     "attack_report",
     "auto_batch_size",
     "clean_accuracy",
+    "disparity",
+    "ece_of",
     "evaluate",
     "evaluate_model",
     "expected_calibration_error",
     "per_class_accuracy",
     "point_set_id",
     "predict_logits",
+    "reliability",
     "robust_accuracy",
     "run_attack",
     "stage_accuracies",

@@ -58,20 +58,66 @@ def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     return out
 
 
+def reliability(probs: torch.Tensor, y: torch.Tensor, *, bins: int = 15) -> dict[str, list[float | int | None]]:
+    """The reliability diagram of Guo et al. 2017 ("On Calibration of Modern Neural Networks",
+    Sec. 2): over ``bins`` equal-width confidence bins on (0, 1] (closed on the right), the
+    mean confidence, the accuracy and the number of points in each (None for empty bins).
+    ``{"confidence": [...], "accuracy": [...], "count": [...]}``."""
+    check_int(bins, "bins", minimum=1)
+    conf, pred = probs.detach().max(1)
+    correct = (pred == y.to(pred.device)).double()
+    # bin b holds conf in (e_b, e_(b+1)] with the edges in conf's own dtype (so 0.8 lands where
+    # a comparison with linspace's 0.8 puts it); conf = 0 (impossible for a softmax) joins bin 0
+    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype, device=conf.device)
+    idx = (torch.searchsorted(edges, conf.contiguous()) - 1).clamp(0, bins - 1)
+    conf = conf.double()
+    count = torch.bincount(idx, minlength=bins)
+    sum_conf = torch.zeros(bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, conf)
+    sum_acc = torch.zeros(bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, correct)
+    cnt = count.tolist()
+    return {
+        "confidence": [float(sum_conf[b] / cnt[b]) if cnt[b] else None for b in range(bins)],
+        "accuracy": [float(sum_acc[b] / cnt[b]) if cnt[b] else None for b in range(bins)],
+        "count": [int(c) for c in cnt],
+    }
+
+
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, *, bins: int = 15) -> float:
     """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural
     Networks", Eq. (3)): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|`` over ``bins``
-    equal-width confidence bins on (0, 1] (bins closed on the right)."""
-    conf, pred = probs.max(1)
-    correct = (pred == y).float()
-    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype, device=conf.device)
-    ece = torch.zeros((), dtype=torch.float64)
-    n = len(y)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if bool(m.any()):
-            ece += m.sum().double() / n * (correct[m].mean() - conf[m].mean()).abs().double()
-    return float(ece)
+    equal-width confidence bins on (0, 1] (bins closed on the right; see :func:`reliability`)."""
+    return ece_of(reliability(probs, y, bins=bins))
+
+
+def ece_of(diagram: dict[str, list[float | int | None]]) -> float:
+    """The expected calibration error of a :func:`reliability` diagram."""
+    n = sum(int(c or 0) for c in diagram["count"])
+    if n == 0:
+        return 0.0
+    return float(sum(int(c or 0) / n * abs(float(a) - float(f))
+                     for c, a, f in zip(diagram["count"], diagram["accuracy"], diagram["confidence"], strict=True)
+                     if c))
+
+
+def disparity(per_class: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Accuracy disparity across classes (the quantities studied in Hu et al. 2023,
+    "Understanding the Impact of Adversarial Robustness on Accuracy Disparity"): the
+    worst-class accuracy and which class it is, the best-class accuracy, the gap
+    max - min and the (population) standard deviation across the classes present
+    (``None`` entries, classes absent from the points, are left out)."""
+    vals = [(c, float(v)) for c, v in enumerate(per_class) if v is not None]
+    if not vals:
+        return {"worst": None, "worst_class": None, "best": None, "gap": None, "std": None}
+    accs = [v for _, v in vals]
+    worst_class, worst = min(vals, key=lambda cv: (cv[1], cv[0]))
+    mean = sum(accs) / len(accs)
+    return {
+        "worst": worst,
+        "worst_class": worst_class,
+        "best": max(accs),
+        "gap": max(accs) - worst,
+        "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5,
+    }
 
 
 def auto_batch_size(model: nn.Module, x: torch.Tensor, *, cpu_default: int = 512, max_size: int = 4096) -> int:

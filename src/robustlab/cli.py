@@ -529,7 +529,44 @@ def certify(
     _print_flags([f for r in rows for f in r.get("flags", [])])
 
 
-_FAMILIES = ("datasets", "models", "losses", "attacks", "certifiers", "objectives", "noise", "schedules")
+@app.command()
+def corrupt(
+    model: Path = WeightsOpt,
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
+    split: str = typer.Option("test"),
+    root: Optional[str] = RootOpt,
+    corruption: list[str] = typer.Option(["common"], help="Corruption(s): common (the 15 of Hendrycks & Dietterich 2019), extra (the 4 held-out ones), all, or names; repeat the option (robustlab ls corruptions)."),
+    severity: list[int] = typer.Option([1, 2, 3, 4, 5], help="Severities 1..5; repeat the option."),
+    baseline: Optional[str] = typer.Option(None, help="Name or id of a stored run with the same corruptions: its errors normalise the corruption error (CE), mCE and relative mCE."),
+    subset: Optional[int] = typer.Option(None, help="Corrupt N points of a fixed seeded permutation (default: all)."),
+    batch_size: str = typer.Option("auto", help="Points per forward pass, or 'auto'."),
+    device: Optional[str] = EvalDeviceOpt,
+    factory: Optional[str] = FactoryOpt,
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Accuracy under common corruptions x severities (seeded, tensor-native), mean corruption accuracy and, against a named baseline run, CE/mCE and relative mCE. Stored as a run in suite 'evaluations'."""
+    from robustlab.evaluate.shifts import corruption_measurements
+    from robustlab.experiments import evaluate_weights
+    from robustlab.report.text import corruption_text
+
+    bs = _batch_size_option(batch_size)
+    ms = corruption_measurements(corruption, severity, subset=_check_subset(subset))
+    rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
+                              batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force,
+                              corruption_baseline=baseline)
+    met = rec.metrics
+    rows = met["robust"]
+    npts = rows[0]["num_points"] if rows else met["num_test"]
+    _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy {100 * met['clean_accuracy']:.2f}%; "
+         f"run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(_provenance_line(met.get("provenance")))
+    _out(corruption_text([rec.to_dict()], width=_width()))
+
+
+_FAMILIES = ("datasets", "models", "losses", "attacks", "certifiers", "corruptions", "objectives", "noise",
+             "schedules")
 
 
 @app.command("ls")
@@ -561,6 +598,8 @@ def _family_names(fam: str, pattern: str) -> list[str]:
         from robustlab.attacks import available
     elif fam == "certifiers":
         from robustlab.certify import available
+    elif fam == "corruptions":
+        from robustlab.corruptions import available
     elif fam == "objectives":
         from robustlab.train import available
     elif fam == "noise":

@@ -94,7 +94,7 @@ def ece_of(diagram: dict[str, list[float | int | None]]) -> float:
     n = sum(int(c or 0) for c in diagram["count"])
     if n == 0:
         return 0.0
-    return float(sum(int(c or 0) / n * abs(float(a) - float(f))
+    return float(sum(int(c or 0) / n * abs(float(a or 0) - float(f or 0))
                      for c, a, f in zip(diagram["count"], diagram["accuracy"], diagram["confidence"], strict=True)
                      if c))
 

@@ -51,12 +51,15 @@ from robustlab.attacks.audit import check_monotone
 from robustlab.attacks.engine import model_device
 from robustlab.attacks.threat import parse_eps
 from robustlab.certify.base import Certification, Certifier, certifiers
+from robustlab.corruptions import Corruption
+from robustlab.corruptions import get as get_corruption
 from robustlab.errors import ConfigError, InvalidInputError
 from robustlab.evaluate.metrics import (
     auto_batch_size,
-    expected_calibration_error,
+    ece_of,
     per_class_accuracy,
     predict_logits,
+    reliability,
     stage_accuracies,
 )
 from robustlab.evaluate.results import (
@@ -68,15 +71,16 @@ from robustlab.evaluate.results import (
     jsonable,
     point_set_id,
 )
+from robustlab.evaluate.shifts import check_severities, corruption_rows
 from robustlab.progress import Progress, format_seconds
 from robustlab.seeding import derive_seed
 from robustlab.threads import thread_budget
 from robustlab.validation import check_device, check_int, check_labels, check_subset
 
 AUDIT_MODES: tuple[bool | str, ...] = (True, False, "cheap")
-#: the kinds of measurement: an attack (robust accuracy, an upper bound) or a certifier
-#: (certified accuracy, a lower bound)
-KINDS: tuple[str, ...] = ("attack", "certify")
+#: the kinds of measurement: an attack (robust accuracy, an upper bound), a certifier
+#: (certified accuracy, a lower bound) or a corruption (accuracy at severities 1..5)
+KINDS: tuple[str, ...] = ("attack", "certify", "corruption")
 #: integer per-point records of points a measurement did not cover (-1 is an abstention)
 NOT_MEASURED = -2
 
@@ -102,8 +106,9 @@ class Measurement:
     audit: bool | str = True
     kind: str = "attack"
 
-    def build(self) -> tuple[str, Attack | Certifier, list[ThreatModel]]:
-        """Check the measurement and build its attack (or certifier) and threat models (no work)."""
+    def build(self) -> tuple[str, Any, list[Any]]:
+        """Check the measurement and build its attack (certifier, corruption) and threat
+        models (severities) without doing any work."""
         if self.kind not in KINDS:
             raise ConfigError(f"unknown measurement kind {self.kind!r}; robustlab measures {', '.join(map(repr, KINDS))}.")
         if self.audit not in AUDIT_MODES:
@@ -111,6 +116,8 @@ class Measurement:
         check_subset(self.subset)
         if self.kind == "certify":
             return self._build_certifier()
+        if self.kind == "corruption":
+            return self._build_corruption()
         if isinstance(self.attack, str):
             atk = create_attack(self.attack, **dict(self.params))
             name = attacks.canonical(self.attack)
@@ -123,6 +130,17 @@ class Measurement:
             raise ConfigError(f"attack must be a registry name or an Attack, got {self.attack!r}.")
         threats = as_threats(self.eps, self.norm)
         return name, atk, threats
+
+    def _build_corruption(self) -> tuple[str, Corruption, list[int]]:
+        if not isinstance(self.attack, str):
+            raise ConfigError(f"a corruption measurement names a corruption (e.g. 'fog'), got {self.attack!r}.")
+        if self.norm not in ("severity", "linf"):  # "linf" is the dataclass default
+            raise ConfigError(f"a corruption measurement is over severities (norm='severity'), not {self.norm!r}.")
+        if set(self.params) - {"params"}:
+            raise ConfigError(f"a corruption measurement takes params={{'params': <its own table>}} only, "
+                              f"got {sorted(self.params)}.")
+        entry = get_corruption(self.attack)
+        return entry.name, entry, check_severities(list(self.eps))
 
     def _build_certifier(self) -> tuple[str, Certifier, list[ThreatModel]]:
         if isinstance(self.attack, Certifier):
@@ -266,8 +284,11 @@ def _measure(
         protocol = info0.get("protocol", protocol)
         broken = torch.cat([r.info["broken_by"] for r in rs]) if "broken_by" in info0 else None
         robust_masks[t.eps] = robust
+        x_adv = torch.cat([r.x_adv for r in rs])
         if advs is not None:
-            advs[t.eps] = torch.cat([r.x_adv for r in rs])
+            advs[t.eps] = x_adv
+        # calibration on the attacked inputs (one forward pass per budget)
+        adv_probs = predict_logits(model, x_adv, batch_size=batch_size).float().softmax(1).cpu()
         per_class = per_class_accuracy(torch.where(robust, y_cpu, -1), y_cpu, num_classes)
         sf: dict[str, int] = {}
         sb: dict[str, int] = {}
@@ -291,6 +312,7 @@ def _measure(
                 stage_forwards=sf,
                 stage_backwards=sb,
                 stage_seconds=ss,
+                reliability=reliability(adv_probs, y_cpu),
             )
         )
     clean_acc = int(clean_correct.sum()) / len(clean_correct)
@@ -414,11 +436,13 @@ def evaluate(
         probs = logits.softmax(1)
         conf, pred = probs.max(1)
         yd = y.to(pred.device)
+        diagram = reliability(probs, yd)
         clean_metrics.update(
             {
                 "clean_accuracy": float((pred == yd).float().mean()),
-                "ece": expected_calibration_error(probs, yd),
+                "ece": ece_of(diagram),
                 "per_class_accuracy": per_class_accuracy(pred, yd, k),
+                "reliability": diagram,
             }
         )
         records["pred"] = pred.cpu().numpy()
@@ -432,13 +456,25 @@ def evaluate(
     for m, (name, atk, threats) in zip(measurements, built, strict=True):
         idx = subset_indices(n, m.subset, seed)
         plans.append((m, name, atk, threats, idx))
-    total_points = sum(len(p[4]) for p in plans)
+    total_points = sum(len(p[4]) * (len(p[3]) if p[0].kind == "corruption" else 1) for p in plans)
     used_threads: int | None = None
     if plans:
         bs = _batch_size(batch_size, model, x)
         with thread_budget(model, x[:bs].to(dev), threads=threads) as used_threads, \
                 Progress("evaluating", total=total_points, show=progress, unit="pt") as bar:
             for m, name, atk, threats, idx in plans:
+                if m.kind == "corruption":
+                    t0 = time.perf_counter()
+                    new = corruption_rows(model, x[idx], y[idx], name, threats, idx, n=n, seed=seed, num_classes=k,
+                                          batch_size=bs, params=m.params.get("params"), subset=m.subset,
+                                          records=records, progress=bar)
+                    rows.extend(new)
+                    secs = time.perf_counter() - t0
+                    attack_seconds.append({"attack": name, "norm": "severity", "seconds": secs, "audit_seconds": 0.0})
+                    if progress is not False:
+                        accs = ", ".join(f"s{int(r.eps)} {100 * r.accuracy:.1f}%" for r in new)
+                        bar.note(f"{name} on {len(idx)} of {n} points: {accs} ({format_seconds(secs)})")
+                    continue
                 if isinstance(atk, Certifier):
                     # certifiers size their own batches of noisy copies ("auto"), not by the point count
                     cert = atk.run(model, x[idx], y[idx], threats, num_classes=k, indices=idx,
@@ -474,6 +510,8 @@ def evaluate(
                             params=rep.params, stages=list(rep.stages), per_attack=dict(r.per_attack),
                             per_class=r.per_class, forwards=r.forwards, backwards=r.backwards,
                             subset=m.subset, flags=list(flags), flag_codes=list(codes),
+                            extra=({"ece": ece_of(r.reliability), "reliability": r.reliability}
+                                   if r.reliability is not None else {}),
                         )
                     )
                     rec = np.full(n, -1, dtype=np.int8)

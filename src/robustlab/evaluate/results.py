@@ -3,8 +3,10 @@
 :class:`ResultRow` is the row the CLI prints, the store keeps (``metrics["robust"]``),
 the report draws and the benchmarks read. One row is one measurement at one budget:
 
-- ``kind``: ``"attack"`` or ``"certify"`` (later kinds — corruptions, detectors — add
-  rows of their own kind, not new entry points);
+- ``kind``: ``"attack"``, ``"certify"`` or ``"corruption"`` (``attack`` is the
+  corruption, ``norm`` is ``"severity"``, ``eps`` the severity 1..5, ``accuracy`` the
+  accuracy on the corrupted points); later kinds add rows of their own kind, not new entry
+  points;
 - ``attack``, ``norm``, ``eps``, ``accuracy``: for an attack, robust accuracy (correct
   and not broken) at budget ``eps``; for a certificate, ``attack`` names the certifier
   (``smoothing``) and ``accuracy`` is the certified accuracy at radius ``eps`` (correct
@@ -21,7 +23,8 @@ the report draws and the benchmarks read. One row is one measurement at one budg
 - ``forwards``/``backwards`` (samples passed through the model at this budget);
 - ``flags``/``flag_codes`` (audit findings, ``"code: sentence"`` and the codes alone);
 - ``extra`` (kind-specific numbers, stored only when present: a certificate's
-  high-probability lower bound ``lower`` on the certified accuracy).
+  high-probability lower bound ``lower`` on the certified accuracy; calibration on the
+  attacked or corrupted inputs, ``ece`` and ``reliability``; a corruption's ``family``).
 
 Wall-clock timings stay out of rows (reruns must compare equal).
 """
@@ -170,6 +173,8 @@ class EpsResult:
     stage_forwards: dict[str, int] = field(default_factory=dict)
     stage_backwards: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the reliability diagram on the attacked inputs (see ``evaluate.metrics.reliability``)
+    reliability: dict[str, list[Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -295,14 +300,33 @@ class Evaluation:
     threads: int | None = None
 
     def metrics(self) -> dict[str, Any]:
-        """The JSON-able metrics a stored run keeps."""
-        return {
+        """The JSON-able metrics a stored run keeps (with ``corruption``, the summary of
+        :func:`robustlab.evaluate.corruption.corruption_summary`, when corruptions were measured)."""
+        out = {
             **self.clean,
             "robust": [r.to_dict() for r in self.rows],
             "attack_seconds": list(self.attack_seconds),
             "eval_seconds": self.seconds,
             "threads": self.threads,
         }
+        summary = self.corruption_summary()
+        if summary is not None:
+            out["corruption"] = summary
+        return out
+
+    def corruption_summary(self, baseline: Evaluation | None = None, baseline_name: str | None = None
+                           ) -> dict[str, Any] | None:
+        """Mean corruption accuracy (and, against a ``baseline`` evaluation, CE/mCE and the
+        relative mCE) of the rows of kind ``"corruption"``; None without such rows."""
+        from robustlab.evaluate.corruption import corruption_summary
+
+        if not any(r.kind == "corruption" for r in self.rows):
+            return None
+        kwargs: dict[str, Any] = {}
+        if baseline is not None:
+            kwargs = {"baseline_rows": baseline.rows, "baseline_clean_accuracy": baseline.clean.get("clean_accuracy"),
+                      "baseline_name": baseline_name}
+        return corruption_summary(self.rows, clean_accuracy=self.clean.get("clean_accuracy"), **kwargs)
 
 
 __all__ = [

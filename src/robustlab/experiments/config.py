@@ -256,19 +256,40 @@ class CertifyConfig(_Strict):
         return Measurement(self.method, self.norm, self.radii, dict(self.params), self.subset, False, kind="certify")
 
 
+class CorruptionsConfig(_Strict):
+    """Common corruptions at severities: ``{names: common, severities: [1, 2, 3, 4, 5],
+    subset: 500, baseline: ce/clean}`` (``names``: ``common`` (the 15 of Hendrycks &
+    Dietterich), ``extra``, ``all`` or a list of names, ``robustlab ls corruptions``;
+    ``baseline``: the name or id of a stored run with the same corruptions whose errors
+    normalise the corruption error and mCE)."""
+
+    names: list[str] | str = "common"
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    subset: int | None = Field(None, ge=1)
+    baseline: str | None = None
+
+    def measurements(self) -> list[Any]:
+        """One measurement of kind ``corruption`` per corruption."""
+        from robustlab.evaluate.shifts import corruption_measurements
+
+        return corruption_measurements(self.names, self.severities, subset=self.subset)
+
+
 class EvaluateConfig(_Strict):
-    """Attacks and certificates run on the final model; ``per_epoch_test`` also records
-    the clean test accuracy after every epoch (watched only, never used for a decision),
-    so runs report last-epoch and best-epoch test accuracy."""
+    """Attacks, certificates and corruptions run on the final model; ``per_epoch_test``
+    also records the clean test accuracy after every epoch (watched only, never used for a
+    decision), so runs report last-epoch and best-epoch test accuracy."""
 
     attacks: list[AttackConfig] = Field(default_factory=list)
     certify: list[CertifyConfig] = Field(default_factory=list)
+    corruptions: CorruptionsConfig | None = None
     batch_size: int = Field(512, ge=1)
     per_epoch_test: bool = True
 
     def measurements(self) -> list[Any]:
-        """Every attack and certificate, as measurements of the evaluation path (in order)."""
-        return [a.measurement() for a in self.attacks] + [c.measurement() for c in self.certify]
+        """Every attack, certificate and corruption, as measurements of the evaluation path (in order)."""
+        out = [a.measurement() for a in self.attacks] + [c.measurement() for c in self.certify]
+        return out + (self.corruptions.measurements() if self.corruptions is not None else [])
 
 
 class ExperimentConfig(_Strict):
@@ -284,8 +305,9 @@ class ExperimentConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        if not out["evaluate"]["certify"]:  # configs without certificates keep their hash
-            del out["evaluate"]["certify"]
+        for key in ("certify", "corruptions"):  # configs without them keep their hash
+            if not out["evaluate"][key]:
+                del out["evaluate"][key]
         return out
 
     def hash(self) -> str:

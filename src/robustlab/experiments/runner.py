@@ -189,6 +189,7 @@ def run_experiment(
         with atomic_path(art / "records.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **records)  # type: ignore[arg-type]
+        _corruption_baseline(store, cfg, run_id, metrics)
         metrics.update(
             {
                 "train_seconds": train_seconds,
@@ -322,6 +323,7 @@ def evaluate_weights(
     threads: int | str | None = None,
     progress: bool | None = None,
     force: bool = False,
+    corruption_baseline: str | None = None,
 ) -> tuple[RunRecord, Any]:
     """Evaluate saved weights and store it as a run (suite ``evaluations``): the
     evaluation path (:func:`robustlab.evaluate.evaluate`) on a dataset split.
@@ -336,7 +338,8 @@ def evaluate_weights(
     evaluation (``clean_accuracy``, ``robust`` rows, ...) plus the full report of each
     measurement (``reports``; the first also as ``attack_report``) and ``provenance``:
     the weights' sha256 and, for weights a robustlab run wrote, that run's id, name and
-    what it trained on.
+    what it trained on. ``corruption_baseline``: a stored run (name or id) whose corruption
+    errors normalise CE and mCE (``metrics["corruption"]``); it must exist before anything runs.
     """
     from robustlab import data as data_mod
     from robustlab.evaluate import Measurement, evaluate
@@ -350,18 +353,23 @@ def evaluate_weights(
     dev = check_device(device or default_device())
     if batch_size != "auto":
         check_int(batch_size, "batch_size", minimum=1)
+    baseline = find_baseline(store, corruption_baseline) if corruption_baseline is not None else None
     net = load_model(weights, factory=factory)
     ds = data_mod.load(data, split, root=root, seed=seed)
     sha = weights_sha256(net)
     model_cfg = getattr(net, "robustlab_config", None) or {"name": factory or "user"}
-    config = {
+    config: dict[str, Any] = {
         "kind": "evaluation",
         "seed": seed,
         "data": {"name": data, "split": split, "root": root},
         "model": {**model_cfg, "weights_sha256": sha},
         "evaluate": {"measurements": specs, "amp": amp, "batch_size": batch_size},
     }
-    what = ", ".join(f"{s['attack']} {s['norm']}" for s in specs)
+    if baseline is not None:  # evaluations without a baseline keep their hash
+        config["evaluate"]["corruption_baseline"] = baseline.id
+    corr = [s for s in specs if s.get("kind") == "corruption"]
+    what = ", ".join([f"{s['attack']} {s['norm']}" for s in specs if s.get("kind") != "corruption"]
+                     + ([f"{len(corr)} corruption{'s' * (len(corr) > 1)}"] if corr else []))
     name = f"{Path(weights).name}: {what} on {data}/{split}"
     box: list[Any] = []
 
@@ -373,8 +381,11 @@ def evaluate_weights(
             if hasattr(cert.details, "write_tsv"):  # the reference's per-point TSV
                 cert.details.write_tsv(art / f"certify-{k}-sigma{cert.details.sigma:g}.tsv")
         reports = [r.to_dict() for r in ev.reports]
+        metrics = ev.metrics()
+        if baseline is not None and "corruption" in metrics:
+            add_corruption_baseline(metrics, baseline.metrics or {}, baseline.name)
         return {
-            **ev.metrics(),
+            **metrics,
             "reports": reports,
             "attack_report": reports[0] if reports else None,
             "provenance": weights_provenance(net, sha),
@@ -388,8 +399,60 @@ def evaluate_weights(
 def _measurement_dict(m: Any) -> dict[str, Any]:
     name, atk, threats = m.build()
     kind = {"kind": m.kind} if m.kind != "attack" else {}  # attack measurements keep their stored keys
-    return {"attack": name, "norm": threats[0].norm, "eps": [t.eps for t in threats],
+    if m.kind == "corruption":  # "threats" are the severities
+        norm, eps = "severity", [float(s) for s in threats]
+    else:
+        norm, eps = threats[0].norm, [t.eps for t in threats]
+    return {"attack": name, "norm": norm, "eps": eps,
             "params": _jsonable(dict(m.params)), "subset": m.subset, "audit": m.audit, **kind}
+
+
+def _corruption_baseline(store: ResultsStore, cfg: ExperimentConfig, run_id: str, metrics: dict[str, Any]) -> None:
+    """CE/mCE against the config's named baseline run; a run that is its own baseline gets
+    mCE = 100% by definition, a baseline not (yet) in the store is noted, not an error (the
+    trained model and its accuracies are kept)."""
+    cc = cfg.evaluate.corruptions
+    if cc is None or cc.baseline is None or "corruption" not in metrics:
+        return
+    if cc.baseline in (cfg.label(), run_id):
+        add_corruption_baseline(metrics, dict(metrics), cfg.label())
+        return
+    try:
+        base = find_baseline(store, cc.baseline)
+        add_corruption_baseline(metrics, base.metrics or {}, base.name)
+    except ConfigError as exc:
+        metrics["corruption"]["baseline"] = cc.baseline
+        metrics["corruption"]["baseline_missing"] = str(exc)
+        progress_log.warning("corruption baseline: %s", exc)
+
+
+def find_baseline(store: ResultsStore, name_or_id: str) -> RunRecord:
+    """The finished run called ``name_or_id`` (or whose id starts with it) that measured
+    corruptions: the baseline whose errors normalise CE and mCE."""
+    runs = [r for r in store.list(status="done")
+            if r.name == name_or_id or (len(name_or_id) >= 6 and r.id.startswith(name_or_id))]
+    runs = [r for r in runs if any(isinstance(x, dict) and x.get("kind") == "corruption"
+                                   for x in (r.metrics or {}).get("robust") or [])]
+    if not runs:
+        raise ConfigError(
+            f"no finished run called {name_or_id!r} (or with that id) measured corruptions in {store.root}; "
+            f"run the baseline with the same corruptions first (robustlab ls runs shows the names)."
+        )
+    if len({r.id for r in runs}) > 1:
+        raise ConfigError(f"{len(runs)} finished runs are called {name_or_id!r}; name the baseline by its id instead.")
+    return runs[0]
+
+
+def add_corruption_baseline(metrics: dict[str, Any], baseline_metrics: dict[str, Any], baseline_name: str) -> None:
+    """Put CE, mCE and relative mCE against a baseline run's stored metrics into
+    ``metrics["corruption"]``."""
+    from robustlab.evaluate.corruption import corruption_summary
+
+    metrics["corruption"] = corruption_summary(
+        metrics.get("robust") or [], clean_accuracy=metrics.get("clean_accuracy"),
+        baseline_rows=baseline_metrics.get("robust") or [],
+        baseline_clean_accuracy=baseline_metrics.get("clean_accuracy"), baseline_name=baseline_name,
+    )
 
 
 def weights_provenance(net: Any, sha: str) -> dict[str, Any]:

@@ -308,6 +308,8 @@ class ExperimentConfig(_Strict):
         for key in ("certify", "corruptions"):  # configs without them keep their hash
             if not out["evaluate"][key]:
                 del out["evaluate"][key]
+        if out["train"].get("augment") is None:  # likewise configs without augmentation
+            out["train"].pop("augment", None)
         return out
 
     def hash(self) -> str:

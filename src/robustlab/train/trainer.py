@@ -60,6 +60,7 @@ from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
 from robustlab.threads import thread_budget
 from robustlab.train.adversarial.base import check_eps
+from robustlab.train.augment import build_augmentation
 from robustlab.train.ema import WeightEMA
 from robustlab.train.monitors import EpochVerdict, chance_check
 from robustlab.train.objectives import ERM, Objective
@@ -156,6 +157,10 @@ class Trainer:
         logger, e.g. ``epoch 3/40  loss 0.412  acc 88.1%  val 90.2%  val-robust 61.0%
         1.2 s  ETA 44 s``.
     callbacks: functions ``cb(trainer, record)`` called after each epoch's checkpoint.
+    augment: corruption augmentation, e.g. ``{"corruptions": "common", "severities": [1, 2,
+        3, 4, 5], "p": 0.5}``: each training image is replaced with probability ``p`` by a
+        random corruption at a random severity before the objective sees the batch
+        (:mod:`robustlab.train.augment`); None: no augmentation.
 
     Validation (``fit(train, val)``): clean accuracy on ``val`` every epoch
     (``val_accuracy``) and, with ``val_attack``, robust accuracy (``val_robust_accuracy``,
@@ -222,6 +227,7 @@ class Trainer:
         val_subset: int | None = None,
         select: Literal["robust", "clean"] | None = None,
         early_stopping: int | None = None,
+        augment: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective if objective is not None else ERM("ce")
@@ -256,6 +262,8 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = None if progress is None else _flag(progress, "progress")
         self.callbacks = list(callbacks)
+        self.augment = augment
+        self.augmentation = build_augmentation(augment)
         self._init_validation(val_attack, val_attack_params, val_norm, val_eps, val_every, val_subset, select, early_stopping)
         self.history: list[dict[str, Any]] = []
         self.ema: WeightEMA | None = None
@@ -367,6 +375,8 @@ class Trainer:
         for m in self._modules():
             m.to(self.device)
         images = train.x.dim() == 4
+        if self.augmentation is not None:
+            self.augmentation.check(train.x)
         channels_last = self.channels_last and images and self.device.type == "cuda"
         if channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -415,6 +425,7 @@ class Trainer:
         order = torch.randperm(run.n, generator=torch.Generator().manual_seed(derive_seed("epoch", self.seed, epoch)))
         obj_gen = torch.Generator(device=self.device).manual_seed(derive_seed("objective", self.seed, epoch))
         self.objective.start_epoch(epoch, obj_gen)
+        aug_gen = torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch))
         self._snapshot_before = self._snapshot() if run.end_epoch is not None else None
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -424,6 +435,8 @@ class Trainer:
         for b in range(run.steps_per_epoch):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             xb = train.x[idx].to(self.device, non_blocking=True)
+            if self.augmentation is not None:
+                xb = self.augmentation(xb, aug_gen)
             if run.memory_format is not None:
                 xb = xb.contiguous(memory_format=run.memory_format)
             yb = train.y[idx].to(self.device, non_blocking=True)

@@ -35,7 +35,10 @@ from robustlab.errors import (
 
 from .conftest import idx_bytes
 
-ALL = ["cifar10", "cifar100", "digits", "fashion-mnist", "imagefolder", "mnist", "npz"]
+ALL = [
+    "cifar10", "cifar10-c", "cifar100", "digits", "fashion-mnist", "imagefolder", "mnist",
+    "mnist-c", "npz",
+]
 
 
 def assert_contract(ds, n: int, shape: tuple[int, ...]) -> None:
@@ -51,9 +54,9 @@ def assert_contract(ds, n: int, shape: tuple[int, ...]) -> None:
 # -- registry -------------------------------------------------------------------------------
 
 
-def test_available_lists_the_seven_builtins():
+def test_available_lists_the_builtins():
     assert available() == ALL
-    assert available("*mnist*") == ["fashion-mnist", "mnist"]
+    assert available("*mnist*") == ["fashion-mnist", "mnist", "mnist-c"]
     assert set(ALL) <= set(datasets.available())
 
 

@@ -2,7 +2,7 @@
 
 >>> from robustlab.data import datasets, load, available
 >>> available()
-['cifar10', 'cifar100', 'digits', 'fashion-mnist', 'imagefolder', 'mnist', 'npz']
+['cifar10', 'cifar10-c', 'cifar100', 'digits', 'fashion-mnist', 'imagefolder', 'mnist', 'mnist-c', 'npz']
 >>> test = load("digits", split="test")
 >>> test.x.shape, test.x.dtype
 (torch.Size([360, 1, 8, 8]), torch.float32)
@@ -46,6 +46,7 @@ import torch
 from robustlab.data import download as dl
 from robustlab.data import readers
 from robustlab.data.base import Dataset
+from robustlab.data.imbalance import make_imbalanced
 from robustlab.errors import ConfigError, DataError, DataNotFoundError, LabelError
 from robustlab.registry import Registry
 from robustlab.validation import check_float, check_int
@@ -68,6 +69,9 @@ def load(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     seed: int = 0,
+    *,
+    imbalance: float | None = None,
+    imbalance_profile: str = "exponential",
     **options: Any,
 ) -> Dataset:
     """Load the ``split`` of the dataset registered as ``name``.
@@ -82,10 +86,17 @@ def load(
     seed: seed of any split that is not official (documented per dataset).
     options: dataset-specific keyword options (e.g. ``path=`` for ``npz``); unknown
         names raise :class:`~robustlab.errors.ConfigError`.
+    imbalance: class-imbalance ratio ``R >= 1`` applied to the **train split only** (the
+        test split stays as loaded, so accuracies are measured on balanced classes):
+        :func:`robustlab.data.imbalance.make_imbalanced` with ``seed`` and
+        ``imbalance_profile`` (``"exponential"``, Cui et al. 2019, or ``"step"``).
     """
     datasets.get(name)  # unknown names first: they are the likelier mistake
     _check_split(split)
-    return datasets.create(name, split=split, root=root, download=download, seed=seed, **options)
+    ds = datasets.create(name, split=split, root=root, download=download, seed=seed, **options)
+    if imbalance is not None and split == "train":
+        ds = make_imbalanced(ds, imbalance, seed=seed, profile=imbalance_profile)
+    return ds
 
 
 def available(pattern: str = "*") -> list[str]:

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
-from robustlab.data import corrupted, noise  # corrupted registers cifar10-c and mnist-c
+from robustlab.data import corrupted, imbalance, noise  # corrupted registers cifar10-c, mnist-c
 from robustlab.data.base import Dataset
 from robustlab.data.datasets import available, datasets, load, stratified_split
 
-__all__ = ["Dataset", "available", "corrupted", "datasets", "load", "noise", "stratified_split"]
+__all__ = [
+    "Dataset", "available", "corrupted", "datasets", "imbalance", "load", "noise", "stratified_split",
+]

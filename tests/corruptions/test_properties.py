@@ -51,6 +51,16 @@ NON_MONOTONE: dict[tuple[str, int], set[int]] = {
     # pixelate 32x32: 32 -> 28 -> 32 (0.9) vs 32 -> 27 -> 32 (0.85) box resampling;
     # 0.00396 0.00936 0.0091 0.0151 0.0208.
     ("pixelate", 32): {3},
+    # frost: clip(c0 x + c1 frost) with c = (1,.2) (1,.3) (.9,.4) (.85,.4) (.75,.45): from
+    # severity 3 on, darkening the image (c0 < 1) offsets the added frost: 32x32 0.130 0.194
+    # 0.211 0.188 0.173; 28x28 0.120 0.179 0.190 0.166 0.147; 8x8 0.120 0.178 0.188 0.164 0.145.
+    ("frost", 32): {4, 5},
+    ("frost", 28): {4, 5},
+    ("frost", 8): {4, 5},
+    # spatter: severities 1-3 add water, 4-5 paint mud (another mechanism) over fewer pixels:
+    # 32x32 0.0041 0.0103 0.0267 0.0097 0.0165; 28x28 0.0076 0.0146 0.0285 0.0144 0.0231.
+    ("spatter", 32): {4},
+    ("spatter", 28): {4},
 }
 #: (name, side) where the scaled table leaves the images unchanged at every severity:
 #: 8x8 defocus radii are .075-.375 (single-pixel disks) with anti-alias sigmas <= 0.15,

@@ -130,14 +130,20 @@ def gaussian_filter(
     k = gaussian_kernel1d(sigma, truncate)
     if len(k) == 1:
         return x.clone()
+    y = _correlate1d(x, k, -2, mode)
+    return _correlate1d(y, k, -1, mode)
+
+
+def _correlate1d(x: torch.Tensor, k: torch.Tensor, dim: int, mode: PadMode) -> torch.Tensor:
+    # sum of shifted slices: faster than a 1-channel conv2d on CPU for the short kernels here
     r = len(k) // 2
-    n, c, h, w = x.shape
-    kk = k.to(device=x.device, dtype=x.dtype)
-    y = pad2d(x.reshape(n * c, 1, h, w), r, 0, mode)
-    y = F.conv2d(y, kk.view(1, 1, -1, 1))
-    y = pad2d(y, 0, r, mode)
-    y = F.conv2d(y, kk.view(1, 1, 1, -1))
-    return y.reshape(n, c, h, w)
+    n = x.shape[dim]
+    xp = pad2d(x, r, 0, mode) if dim == -2 else pad2d(x, 0, r, mode)
+    w = k.tolist()
+    out = xp.narrow(dim, 0, n) * w[0]
+    for i in range(1, len(w)):
+        out = out.add(xp.narrow(dim, i, n), alpha=w[i])
+    return out
 
 
 def _cv2_gaussian1d(ksize: int, sigma: float) -> torch.Tensor:

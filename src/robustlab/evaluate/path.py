@@ -79,8 +79,9 @@ from robustlab.validation import check_device, check_int, check_labels, check_su
 
 AUDIT_MODES: tuple[bool | str, ...] = (True, False, "cheap")
 #: the kinds of measurement: an attack (robust accuracy, an upper bound), a certifier
-#: (certified accuracy, a lower bound) or a corruption (accuracy at severities 1..5)
-KINDS: tuple[str, ...] = ("attack", "certify", "corruption")
+#: (certified accuracy, a lower bound), a corruption (accuracy at severities 1..5) or a
+#: detector (AUROC against shifted inputs at each level)
+KINDS: tuple[str, ...] = ("attack", "certify", "corruption", "detect")
 #: integer per-point records of points a measurement did not cover (-1 is an abstention)
 NOT_MEASURED = -2
 
@@ -118,6 +119,8 @@ class Measurement:
             return self._build_certifier()
         if self.kind == "corruption":
             return self._build_corruption()
+        if self.kind == "detect":
+            return self._build_detector()
         if isinstance(self.attack, str):
             atk = create_attack(self.attack, **dict(self.params))
             name = attacks.canonical(self.attack)
@@ -141,6 +144,26 @@ class Measurement:
                               f"got {sorted(self.params)}.")
         entry = get_corruption(self.attack)
         return entry.name, entry, check_severities(list(self.eps))
+
+    def _build_detector(self) -> tuple[str, Any, list[float]]:
+        from robustlab.detect import Detector, detectors
+        from robustlab.detect.shifts import parse_shift
+
+        params = dict(self.params)
+        params.pop("shift_params", None)
+        if isinstance(self.attack, Detector):
+            if params:
+                raise ConfigError("detector parameters go with a detector name, not with a Detector object.")
+            det, name = self.attack, self.attack.name
+        elif isinstance(self.attack, str):
+            det, name = detectors.create(self.attack, **params), detectors.canonical(self.attack)
+        else:
+            raise ConfigError(f"a detect measurement names a detector (e.g. 'mahalanobis'), got {self.attack!r}.")
+        parse_shift(self.norm)
+        levels = sorted({float(parse_eps(v)) for v in self.eps})
+        if not levels:
+            raise ConfigError("a detect measurement needs at least one level (eps=[...]).")
+        return name, det, levels
 
     def _build_certifier(self) -> tuple[str, Certifier, list[ThreatModel]]:
         if isinstance(self.attack, Certifier):
@@ -404,6 +427,7 @@ def evaluate(
     num_classes: int | None = None,
     clean: bool = True,
     progress: bool | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Evaluation:
     """Measure ``model`` on ``(x, y)``: clean accuracy, calibration and per-class accuracy,
     then every measurement (see the module docstring for the protocol).
@@ -413,7 +437,9 @@ def evaluate(
     report of each measurement and per-sample records. ``device`` moves the model there
     first (default: where it is). ``clean=False`` skips the clean metrics (the rows still
     count clean-misclassified points as not robust). ``progress``: a bar on a terminal
-    (None: when stderr is one); one log line per measurement either way.
+    (None: when stderr is one); one log line per measurement either way. ``reference``:
+    in-distribution training points ``(x_train, y_train)`` that detectors (measurements of
+    kind ``"detect"``) are fitted on; required by them, unused otherwise.
     """
     _check_points(model, x, y)
     if batch_size != "auto":
@@ -421,6 +447,11 @@ def evaluate(
     if device is not None:
         model.to(check_device(device))
     built = [m.build() for m in measurements]
+    if reference is None and any(m.kind == "detect" for m in measurements):
+        raise ConfigError(
+            "detect measurements fit their detector on in-distribution training points: pass "
+            "reference=(x_train, y_train) to evaluate()."
+        )
     t_start = time.perf_counter()
     n = len(x)
     k = int(num_classes or getattr(model, "num_classes", 0) or 0)
@@ -450,13 +481,21 @@ def evaluate(
     rows: list[ResultRow] = []
     reports: list[AttackReport] = []
     certifications: list[Certification] = []
+    detections: list[Any] = []
     attack_seconds: list[dict[str, Any]] = []
     dev = model_device(model) or x.device
     plans = []
     for m, (name, atk, threats) in zip(measurements, built, strict=True):
         idx = subset_indices(n, m.subset, seed)
         plans.append((m, name, atk, threats, idx))
-    total_points = sum(len(p[4]) * (len(p[3]) if p[0].kind == "corruption" else 1) for p in plans)
+    def _work(m: Measurement, levels: list[Any], idx: torch.Tensor) -> int:
+        if m.kind == "corruption":
+            return len(idx) * len(levels)
+        if m.kind == "detect":
+            return len(reference[0]) + len(idx) * (1 + len(levels)) if reference is not None else 0
+        return len(idx)
+
+    total_points = sum(_work(p[0], p[3], p[4]) for p in plans)
     used_threads: int | None = None
     if plans:
         bs = _batch_size(batch_size, model, x)
@@ -474,6 +513,21 @@ def evaluate(
                     if progress is not False:
                         accs = ", ".join(f"s{int(r.eps)} {100 * r.accuracy:.1f}%" for r in new)
                         bar.note(f"{name} on {len(idx)} of {n} points: {accs} ({format_seconds(secs)})")
+                    continue
+                if m.kind == "detect":
+                    assert reference is not None
+                    det = atk.run(model, x[idx], y[idx], m.norm, threats, reference=reference, num_classes=k,
+                                  seed=derive_seed("detect", seed, name, m.norm), batch_size=bs, progress=bar,
+                                  shift_params=dict(m.params.get("shift_params") or {}))
+                    detections.append(det)
+                    new = _detect_rows(m, name, det, idx, n, records)
+                    rows.extend(new)
+                    attack_seconds.append({"attack": name, "norm": m.norm, "seconds": det.seconds,
+                                           "audit_seconds": 0.0})
+                    if progress is not False:
+                        aucs = ", ".join(f"{r.eps:g}: AUROC {100 * r.accuracy:.1f}%" for r in new)
+                        bar.note(f"{name} vs {m.norm} on {len(idx)} of {n} points: {aucs} "
+                                 f"({format_seconds(det.seconds)})")
                     continue
                 if isinstance(atk, Certifier):
                     # certifiers size their own batches of noisy copies ("auto"), not by the point count
@@ -528,6 +582,7 @@ def evaluate(
         reports=reports,
         records=records,
         certifications=certifications,
+        detections=detections,
         seconds=time.perf_counter() - t_start,
         attack_seconds=attack_seconds,
         threads=used_threads,
@@ -564,6 +619,29 @@ def _certify_rows(
         full = np.full(n, np.nan if floating else NOT_MEASURED, dtype=np.float64 if floating else np.int64)
         full[idx.numpy()] = arr
         records[f"certify/{name}/{threats[0].norm}/{tag}{key}"] = full
+    return rows
+
+
+def _detect_rows(m: Measurement, name: str, det: Any, idx: torch.Tensor, n: int,
+                 records: dict[str, np.ndarray]) -> list[ResultRow]:
+    """One row of kind ``detect`` per level (``accuracy``: the AUROC; ``extra``: every
+    detection metric) and the per-point in-distribution scores
+    ``detect/<detector>/<shift>/score`` (NaN where not measured)."""
+    pset = point_set_id(idx, n)
+    params = jsonable({**det.params, **({"shift_params": m.params["shift_params"]}
+                                        if m.params.get("shift_params") else {})})
+    rows = []
+    for level in det.levels:
+        met = dict(det.metrics[level])
+        rows.append(ResultRow(
+            attack=name, norm=det.shift, eps=float(level), accuracy=float(met["auroc"]), num_points=len(idx),
+            num_total=n, point_set=pset, protocol=f"detect-{name}", params=params, stages=[name], per_attack={},
+            per_class=[], forwards=int(met.get("num_in", 0) + met.get("num_out", 0)), backwards=0,
+            subset=m.subset, kind="detect", extra=met,
+        ))
+    full = np.full(n, np.nan)
+    full[idx.numpy()] = det.scores_in
+    records[f"detect/{name}/{det.shift}/score"] = full
     return rows
 
 

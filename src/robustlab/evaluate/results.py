@@ -3,10 +3,12 @@
 :class:`ResultRow` is the row the CLI prints, the store keeps (``metrics["robust"]``),
 the report draws and the benchmarks read. One row is one measurement at one budget:
 
-- ``kind``: ``"attack"``, ``"certify"`` or ``"corruption"`` (``attack`` is the
+- ``kind``: ``"attack"``, ``"certify"``, ``"corruption"`` (``attack`` is the
   corruption, ``norm`` is ``"severity"``, ``eps`` the severity 1..5, ``accuracy`` the
-  accuracy on the corrupted points); later kinds add rows of their own kind, not new entry
-  points;
+  accuracy on the corrupted points) or ``"detect"`` (``attack`` is the detector, ``norm``
+  the shift, e.g. ``"uniform"`` or ``"adaptive/linf"``, ``eps`` its level, ``accuracy``
+  the AUROC of in-distribution vs shifted points, ``extra`` every detection metric);
+  later kinds add rows of their own kind, not new entry points;
 - ``attack``, ``norm``, ``eps``, ``accuracy``: for an attack, robust accuracy (correct
   and not broken) at budget ``eps``; for a certificate, ``attack`` names the certifier
   (``smoothing``) and ``accuracy`` is the certified accuracy at radius ``eps`` (correct
@@ -295,6 +297,7 @@ class Evaluation:
     reports: list[AttackReport]
     records: dict[str, np.ndarray]
     certifications: list[Any] = field(default_factory=list)
+    detections: list[Any] = field(default_factory=list)
     seconds: float = 0.0
     attack_seconds: list[dict[str, Any]] = field(default_factory=list)
     threads: int | None = None

@@ -22,6 +22,7 @@ def evaluate_model(
     batch_size: int | str = 512,
     threads: int | str | None = None,
     progress: bool | None = None,
+    reference: Dataset | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Clean accuracy, ECE, per-class accuracy and each measurement's rows on ``data``.
 
@@ -29,9 +30,11 @@ def evaluate_model(
     holds the :class:`~robustlab.evaluate.results.ResultRow` dicts) and the per-sample
     records (``index``, ``label``, ``pred``, ``confidence`` and one
     ``robust/<attack>/<norm>/<eps>`` int8 array per row: 1 robust, 0 not, -1 not measured).
+    ``reference``: the training split, which detectors are fitted on.
     """
     ev = evaluate(model, data.x, data.y, specs, seed=seed, batch_size=batch_size, threads=threads,
-                  num_classes=data.num_classes, progress=progress)
+                  num_classes=data.num_classes, progress=progress,
+                  reference=(reference.x, reference.y) if reference is not None else None)
     return ev.metrics(), ev.records
 
 

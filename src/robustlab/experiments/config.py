@@ -275,21 +275,51 @@ class CorruptionsConfig(_Strict):
         return corruption_measurements(self.names, self.severities, subset=self.subset)
 
 
+class DetectConfig(_Strict):
+    """One detector against one shift at one or several levels: ``{method: mahalanobis,
+    shift: adversarial/linf, levels: [0.1], params: {}, shift_params: {attack: pgd}}``
+    (``robustlab ls detectors``; shifts: ``uniform``, ``gaussian`` (level: the noise std),
+    ``corruption/<name>`` (level: the severity), ``adversarial/<norm>`` and
+    ``adaptive/<norm>`` (level: eps; the adaptive attack also evades the detector)). The
+    detector is fitted on the run's training split."""
+
+    method: str = "mahalanobis"
+    shift: str = "uniform"
+    levels: list[float] = Field(default_factory=lambda: [0.0])
+    params: dict[str, Any] = Field(default_factory=dict)
+    shift_params: dict[str, Any] = Field(default_factory=dict)
+    subset: int | None = Field(None, ge=1)
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _parse_levels(cls, v: Any) -> Any:
+        return AttackConfig._parse_eps(v)
+
+    def measurement(self) -> Any:
+        """This detector as a :class:`robustlab.evaluate.Measurement` of kind ``detect``."""
+        from robustlab.evaluate import Measurement
+
+        params = {**self.params, **({"shift_params": dict(self.shift_params)} if self.shift_params else {})}
+        return Measurement(self.method, self.shift, self.levels, params, self.subset, False, kind="detect")
+
+
 class EvaluateConfig(_Strict):
-    """Attacks, certificates and corruptions run on the final model; ``per_epoch_test``
+    """Attacks, certificates, corruptions and detectors run on the final model; ``per_epoch_test``
     also records the clean test accuracy after every epoch (watched only, never used for a
     decision), so runs report last-epoch and best-epoch test accuracy."""
 
     attacks: list[AttackConfig] = Field(default_factory=list)
     certify: list[CertifyConfig] = Field(default_factory=list)
     corruptions: CorruptionsConfig | None = None
+    detect: list[DetectConfig] = Field(default_factory=list)
     batch_size: int = Field(512, ge=1)
     per_epoch_test: bool = True
 
     def measurements(self) -> list[Any]:
         """Every attack, certificate and corruption, as measurements of the evaluation path (in order)."""
         out = [a.measurement() for a in self.attacks] + [c.measurement() for c in self.certify]
-        return out + (self.corruptions.measurements() if self.corruptions is not None else [])
+        out += self.corruptions.measurements() if self.corruptions is not None else []
+        return out + [d.measurement() for d in self.detect]
 
 
 class ExperimentConfig(_Strict):
@@ -305,7 +335,7 @@ class ExperimentConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        for key in ("certify", "corruptions"):  # configs without them keep their hash
+        for key in ("certify", "corruptions", "detect"):  # configs without them keep their hash
             if not out["evaluate"][key]:
                 del out["evaluate"][key]
         if out["train"].get("augment") is None:  # likewise configs without augmentation

@@ -185,7 +185,8 @@ def run_experiment(
         models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
         specs = cfg.evaluate.measurements()
         metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size,
-                                          threads=getattr(cfg.train, "threads", None), progress=progress)
+                                          threads=getattr(cfg.train, "threads", None), progress=progress,
+                                          reference=train_set if cfg.evaluate.detect else None)
         with atomic_path(art / "records.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **records)  # type: ignore[arg-type]
@@ -356,6 +357,8 @@ def evaluate_weights(
     baseline = find_baseline(store, corruption_baseline) if corruption_baseline is not None else None
     net = load_model(weights, factory=factory)
     ds = data_mod.load(data, split, root=root, seed=seed)
+    # detectors are fitted on the training split (never on the points they are measured on)
+    ref = data_mod.load(data, "train", root=root, seed=seed) if any(m.kind == "detect" for m in measurements) else None
     sha = weights_sha256(net)
     model_cfg = getattr(net, "robustlab_config", None) or {"name": factory or "user"}
     config: dict[str, Any] = {
@@ -375,7 +378,8 @@ def evaluate_weights(
 
     def work(art: Path) -> dict[str, Any]:
         ev = evaluate(net.to(dev), ds.x, ds.y, measurements, seed=seed, batch_size=batch_size, amp=amp,
-                      threads=threads, num_classes=ds.num_classes, progress=progress)
+                      threads=threads, num_classes=ds.num_classes, progress=progress,
+                      reference=(ref.x, ref.y) if ref is not None else None)
         box.append(ev)
         for k, cert in enumerate(ev.certifications):
             if hasattr(cert.details, "write_tsv"):  # the reference's per-point TSV
@@ -401,6 +405,8 @@ def _measurement_dict(m: Any) -> dict[str, Any]:
     kind = {"kind": m.kind} if m.kind != "attack" else {}  # attack measurements keep their stored keys
     if m.kind == "corruption":  # "threats" are the severities
         norm, eps = "severity", [float(s) for s in threats]
+    elif m.kind == "detect":  # "norm" is the shift, "threats" its levels
+        norm, eps = m.norm, [float(v) for v in threats]
     else:
         norm, eps = threats[0].norm, [t.eps for t in threats]
     return {"attack": name, "norm": norm, "eps": eps,

@@ -9,7 +9,14 @@ the per-attack breakdown of ensemble evaluations (in the order the stages ran) a
 certificates beside attacks: for every run with rows of kind ``certify``, a table of
 certified accuracy per radius and setting beside the attacks on the base model at the
 same radii (:mod:`robustlab.report.certificates`) and one plot with a panel per run;
-last, the stored config of every run. A suite of evaluations of saved weights gets only the
+then, for runs that store them, (f) corruptions: per run a corruption x severity heatmap
+table, the summary (mean corruption accuracy, mCE against the named baseline) and accuracy
+vs severity per family, and a run x family comparison when several runs have them
+(:mod:`robustlab.report.corruption`); (g) detectors: per run a table of AUROC / TNR at 95%
+TPR per shift and detector, with a warning for detectors that only detect non-adaptive
+attacks (:mod:`robustlab.report.detection`); (h) calibration and per-class accuracy:
+reliability diagrams, ECE under shift, the disparity table and per-class accuracy vs eps
+(:mod:`robustlab.report.calibration`); last, the stored config of every run. A suite of evaluations of saved weights gets only the
 table, the robust plot, the breakdown and the certificates, and each of its runs is
 labelled by where its weights came from.
 
@@ -22,11 +29,15 @@ results measured on different points, and the best-epoch test accuracy marked op
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from robustlab.report import calibration as calib
+from robustlab.report import corruption as corr
+from robustlab.report import detection as det
 from robustlab.report._io import utc_now, write_text_atomic
 from robustlab.report.certificates import CertificateView, certificate_views, explanation
 from robustlab.report.table import (
@@ -209,6 +220,125 @@ def _certificates(views: Sequence[CertificateView]) -> list[dict[str, Any]]:
     return out
 
 
+def heat_colour(accuracy: float | None) -> tuple[str, str]:
+    """(background, text colour) of a heatmap cell: matplotlib's viridis on the fixed range
+    0..100% (so colours compare across runs), dark text on light cells and white on dark."""
+    if accuracy is None or not math.isfinite(accuracy):
+        return "#ffffff", "#1d1d1f"
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["viridis"](min(1.0, max(0.0, float(accuracy))))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in (r, g, b))), (
+        "#000000" if luminance > 0.45 else "#ffffff")
+
+
+def _heat_cell(acc: float | None, what: str) -> dict[str, Any]:
+    bg, fg = heat_colour(acc)
+    return {"text": format_value("accuracy", acc), "what": what, "missing": acc is None,
+            "style": f"background:{bg};color:{fg}"}
+
+
+def _corruptions(views: Sequence[corr.CorruptionView], suffix: str) -> dict[str, Any] | None:
+    """The template's data for the corruption section of one suite."""
+    from markupsafe import Markup
+
+    from robustlab.report import plots
+
+    if not views:
+        return None
+    tables = []
+    for i, v in enumerate(views):
+        v.id = f"corruption{suffix}-{i + 1}"
+        rows = []
+        for fam, names in v.families.items():
+            for j, c in enumerate(names):
+                rows.append({
+                    "corruption": c, "family": fam, "span": len(names) if j == 0 else 0,
+                    "cells": [dict(_heat_cell(v.accuracy[c].get(s), str(s)), severity=s) for s in v.severities],
+                    "mean": _heat_cell(v.row_mean[c], "mean"),
+                })
+        svg, reason = plots.corruption_plot(v, prefix=f"fig{suffix}-corruption-{i + 1}")
+        tables.append({
+            "id": v.id, "run": v.run.label, "run_id": v.run.id[:10], "weights": v.run.weights,
+            "n": v.num_points, "summary": v.summary(), "severities": v.severities, "rows": rows,
+            "families": [(f, format_value("accuracy", m)) for f, m in v.family_mean.items()],
+            "plot_id": f"plot-corruption{suffix}-{i + 1}", "svg": Markup(svg) if svg else None, "reason": reason,
+            "flags": v.flags,
+        })
+    comp = corr.comparison(views)
+    compare = None
+    if comp is not None:
+        compare = {
+            "families": comp.families, "mce": comp.any_mce, "baselines": comp.baselines,
+            "rows": [{"run": v.run.label,
+                      "families": [format_value("accuracy", means[f]) for f in comp.families],
+                      "mean": format_value("accuracy", v.headline()[0])
+                      + ("" if v.headline()[1] or v.headline()[0] is None else corr.PARTIAL_MARK),
+                      "mce": format_value("accuracy", v.mce),
+                      "clean": format_value("accuracy", v.clean_accuracy)} for v, means in comp.rows],
+            "partial": any(not v.headline()[1] and v.headline()[0] is not None for v, _ in comp.rows),
+        }
+    lo, mid, hi = heat_colour(0.0)[0], heat_colour(0.5)[0], heat_colour(1.0)[0]
+    return {"id": f"corruptions{suffix}", "explanation": corr.explanation(), "tables": tables,
+            "compare": compare, "scale": f"background:linear-gradient(to right,{lo},{mid},{hi})"}
+
+
+def _detections(views: Sequence[det.DetectionView], suffix: str) -> dict[str, Any] | None:
+    """The template's data for the detection section of one suite."""
+    if not views:
+        return None
+    tables = []
+    for i, v in enumerate(views):
+        v.id = f"detect{suffix}-{i + 1}"
+        rows = []
+        for r in v.rows:
+            cells = []
+            for d in v.detectors:
+                c = v.cell(r, d)
+                title = ", ".join(f"{k} {format_value('accuracy', x)}" for k, x in
+                                  (("AUPR in", c.aupr_in), ("AUPR out", c.aupr_out), ("attack success", c.success))
+                                  if x is not None)
+                cells.append({"detector": d, "missing": c.auroc is None,
+                              "auroc": format_value("accuracy", c.auroc), "tnr": format_value("accuracy", c.tnr),
+                              "undetected": None if c.undetected is None else format_value("accuracy", c.undetected),
+                              "title": title})
+            n = (f"{r.num_in} / {r.num_out}" if r.num_in is not None and r.num_out is not None else "—")
+            rows.append({"shift": r.shift, "level": repr(r.level), "label": r.label(), "adaptive": r.adaptive,
+                         "attack": r.attack, "n": n, "cells": cells})
+        tables.append({"id": v.id, "run": v.run.label, "run_id": v.run.id[:10], "weights": v.run.weights,
+                       "detectors": v.detectors, "rows": rows, "warnings": v.warnings, "flags": v.flags,
+                       "attack": v.any_attack})
+    return {"id": f"detect{suffix}", "explanation": det.explanation(views), "tables": tables}
+
+
+def _calibration(views: Sequence[calib.CalibrationView], suffix: str) -> dict[str, Any] | None:
+    """The template's data for the calibration and per-class section of one suite."""
+    from markupsafe import Markup
+
+    from robustlab.report import plots
+
+    if not views:
+        return None
+    out = []
+    for i, v in enumerate(views):
+        v.id = f"calibration{suffix}-{i + 1}"
+        rel, rel_reason = plots.reliability_plot(v, prefix=f"fig{suffix}-reliability-{i + 1}")
+        pc, pc_reason = plots.per_class_plot(v, prefix=f"fig{suffix}-per-class-{i + 1}")
+        out.append({
+            "id": v.id, "run": v.run.label, "run_id": v.run.id[:10], "ece": calib.ece_text(v),
+            "reliability": Markup(rel) if rel else None, "reliability_reason": rel_reason,
+            "per_class": Markup(pc) if pc else None, "per_class_reason": pc_reason,
+            "attack": " ".join(v.attack) if v.attack else None,
+            "disparity": [{"what": d.what, "kind": d.kind, "mean": format_value("accuracy", d.mean),
+                           "worst": format_value("accuracy", d.worst),
+                           "worst_class": "—" if d.worst_class is None else str(d.worst_class),
+                           "best": format_value("accuracy", d.best), "gap": format_value("accuracy", d.gap),
+                           "std": format_value("accuracy", d.std)} for d in v.disparity],
+        })
+    return {"id": f"calibration{suffix}", "explanation": calib.EXPLANATION, "runs": out}
+
+
 def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> dict[str, Any]:
     from markupsafe import Markup
 
@@ -252,6 +382,9 @@ def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> 
         "figures": figures,
         "per_attack": _per_attack(members),
         "certify": certify,
+        "corruptions": _corruptions(corr.corruption_views(members), suffix),
+        "detect": _detections(det.detection_views(members), suffix),
+        "calibration": _calibration(calib.calibration_views(members), suffix),
     }
 
 

@@ -20,7 +20,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from robustlab.report.calibration import CalibrationView
 from robustlab.report.certificates import CertificateView
+from robustlab.report.corruption import CorruptionView
 from robustlab.report.table import Run
 
 HISTORY_SKIP: frozenset[str] = frozenset({"epoch", "lr", "seconds", "samples_per_s"})
@@ -403,4 +405,116 @@ def certify_plot(views: Sequence[CertificateView], prefix: str = "fig-certify") 
     for j in range(len(views), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     _legend(fig, list(handles.values()), [mpl_text(s) for s in handles])
+    return to_svg(fig, prefix), ""
+
+
+# -- (f) corruptions: accuracy vs severity per family ------------------------------------------
+def corruption_plot(view: CorruptionView, prefix: str = "fig-corruption") -> tuple[str | None, str]:
+    """(f) Accuracy against the severity for one run: one panel per corruption family
+    (in the order of :data:`robustlab.corruptions.base.FAMILIES`), one line per corruption
+    (its own colour, line style and marker within the panel), severity 0 = the clean
+    accuracy. Every panel's axes carry the SVG id ``<prefix>-family-<family>``."""
+    ys = [a for row in view.accuracy.values() for a in row.values() if _finite(a)]
+    if not ys:
+        return None, "No corruption accuracy was recorded for this run."
+    fams = list(view.families)
+    ncols = min(len(fams), 3)
+    nrows = math.ceil(len(fams) / ncols)
+    fig = _figure(nrows, width=9.0 if ncols > 1 else 6.0, panel_height=2.9)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    clean = 100.0 * view.clean_accuracy if view.clean_accuracy is not None and _finite(view.clean_accuracy) else None
+    for j, fam in enumerate(fams):
+        ax = axes[j // ncols][j % ncols]
+        ax.set_gid(f"family-{fam}")
+        names = view.families[fam]
+        for name, style in zip(names, series_styles(len(names))):
+            pts = sorted((float(s), 100.0 * a) for s, a in view.accuracy[name].items() if a is not None and _finite(a))
+            if clean is not None:
+                pts = [(0.0, clean), *pts]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], markersize=4, linewidth=1.3,
+                    label=mpl_text(name), gid=f"corruption-{name}", **style)
+        ax.set_title(mpl_text(fam), fontsize="medium")
+        ax.set_xlabel("severity (0 = clean)", fontsize="small")
+        ax.set_ylabel("accuracy (%)", fontsize="small")
+        ax.set_xticks(range(0, max(view.severities, default=5) + 1))
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", frameon=False, loc="lower left")
+    for j in range(len(fams), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    return to_svg(fig, prefix), ""
+
+
+# -- (g) reliability diagrams and per-class accuracy ---------------------------------------------
+def reliability_plot(view: CalibrationView, prefix: str = "fig-reliability") -> tuple[str | None, str]:
+    """(g) The run's reliability diagrams side by side (clean, corruptions at the highest
+    severity pooled, the main attack at its largest eps): per bin a bar of the accuracy
+    (SVG id ``<prefix>-bar-<panel>-<bin>``, empty bins have none) with the gap to the bin's
+    mean confidence hatched (``<prefix>-gap-<panel>-<bin>``), and the diagonal."""
+    if not view.diagrams:
+        return None, "No reliability diagram was recorded for this run."
+    n = len(view.diagrams)
+    fig = _figure(1, width=min(9.0, 3.0 * n + 0.3), panel_height=3.1)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for p, (ax, d) in enumerate(zip(axes, view.diagrams)):
+        w = 1.0 / d.bins
+        for b in range(d.bins):
+            acc, conf = d.accuracy[b], d.confidence[b]
+            if not d.count[b] or acc is None:
+                continue
+            left = b * w
+            ax.bar(left, acc, width=w, align="edge", color="#1f77b4", edgecolor="#0b3c61", linewidth=0.5,
+                   gid=f"bar-{p}-{b}")
+            if conf is not None:
+                lo, hi = sorted((acc, conf))
+                ax.bar(left, hi - lo, bottom=lo, width=w, align="edge", color="none", edgecolor="#d62728",
+                       hatch="///", linewidth=0.5, gid=f"gap-{p}-{b}")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="#555555", linewidth=1.0)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        title = mpl_text(d.title) + (f"\nECE {d.ece:.3f}" if _finite(d.ece) else "")
+        if d.note:
+            title += f" ({mpl_text(d.note)})"
+        ax.set_title(title, fontsize="small")
+        ax.set_xlabel("confidence", fontsize="small")
+        ax.set_ylabel("accuracy", fontsize="small")
+        ax.tick_params(labelsize="x-small")
+    return to_svg(fig, prefix), ""
+
+
+def per_class_plot(view: CalibrationView, prefix: str = "fig-per-class") -> tuple[str | None, str]:
+    """(h) Per-class accuracy of the run's main attack against eps (eps 0: the clean
+    per-class accuracy), one line per class with its own colour, line style and marker
+    (SVG id ``<prefix>-class-<k>``), the mean over classes as a thick black line."""
+    if not view.per_class or view.attack is None:
+        return None, ("Per-class accuracy needs the clean per-class accuracy or an attack at two or more eps "
+                      "with per-class numbers.")
+    k = view.num_classes
+    eps = sorted(view.per_class)
+    labels = [f"class {c}" for c in range(k)] + ["mean over classes"]
+    fig = _figure(1, width=7.5, panel_height=3.6, legend_rows=math.ceil(len(labels) / 6))
+    ax = fig.add_subplot()
+    handles = []
+    for c, style in zip(range(k), series_styles(k)):
+        pts = [(e, 100.0 * v) for e in eps for v in [view.per_class[e][c] if c < len(view.per_class[e])
+                                                      else None] if v is not None and _finite(v)]
+        (h,) = ax.plot([x for x, _ in pts], [y for _, y in pts], markersize=4, linewidth=1.1,
+                       gid=f"class-{c}", **style)
+        handles.append(h)
+    means = []
+    for e in eps:
+        vals = [v for v in view.per_class[e] if v is not None and _finite(v)]
+        if vals:
+            means.append((e, 100.0 * sum(vals) / len(vals)))
+    (h,) = ax.plot([x for x, _ in means], [y for _, y in means], color="black", linewidth=2.6, gid="class-mean")
+    handles.append(h)
+    attack, norm = view.attack
+    ax.set_title(mpl_text(f"{attack} {norm}: accuracy per true class"), fontsize="medium")
+    ax.set_xlabel(f"eps ({norm}; 0 = clean)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize="small",
+               frameon=False)
     return to_svg(fig, prefix), ""

@@ -23,7 +23,12 @@ added over time (``num_total``, ``point_set``, ``subset``, ``stages``, ``protoco
 ``kind``) may be missing in older stores; everything here tolerates their absence.
 Rows of kind ``"certify"`` (certified accuracy at a radius) never become robust columns:
 they are decoded into :attr:`Run.certificates` and shown by
-:mod:`robustlab.report.certificates` beside the attacks.
+:mod:`robustlab.report.certificates` beside the attacks. Rows of kind ``"corruption"``
+(accuracy per corruption and severity) and ``"detect"`` (a detector's AUROC per shift and
+level) are decoded into :attr:`Run.corruptions` and :attr:`Run.detections` and shown by
+:mod:`robustlab.report.corruption` and :mod:`robustlab.report.detection`; calibration
+(``metrics["reliability"]``, ``extra["reliability"]`` of the rows) and per-class accuracy by
+:mod:`robustlab.report.calibration`.
 """
 
 from __future__ import annotations
@@ -145,6 +150,8 @@ class RobustEval:
     kind: str = "attack"  # "certify": accuracy is certified accuracy at radius eps
     params: dict[str, Any] = field(default_factory=dict)
     lower: float | None = None  # certify: high-probability lower bound on the population's value
+    per_class: list[float | None] | None = None  # accuracy per true class (None: class absent)
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific numbers (stored "extra")
 
     @property
     def all_points(self) -> bool:
@@ -183,6 +190,11 @@ class Run:
     num_test: int | None = None
     training_flags: list[str] = field(default_factory=list)
     certificates: list[RobustEval] = field(default_factory=list)  # rows of kind "certify"
+    corruptions: list[RobustEval] = field(default_factory=list)  # rows of kind "corruption"
+    detections: list[RobustEval] = field(default_factory=list)  # rows of kind "detect"
+    corruption: dict[str, Any] | None = None  # metrics["corruption"] (corruption_summary)
+    reliability: dict[str, Any] | None = None  # metrics["reliability"]: the clean reliability diagram
+    per_class: list[float | None] | None = None  # metrics["per_class_accuracy"]: clean, per class
 
     @property
     def is_clean(self) -> bool:
@@ -258,7 +270,21 @@ def _decode_robust(r: Mapping[str, Any], kind: str = "attack") -> RobustEval | N
         kind=kind,
         params=dict(r["params"]) if isinstance(r.get("params"), Mapping) else {},
         lower=_num(_get(r, "extra", "lower")),
+        per_class=_per_class(r.get("per_class")),
+        extra=dict(r["extra"]) if isinstance(r.get("extra"), Mapping) else {},
     )
+
+
+def _per_class(v: Any) -> list[float | None] | None:
+    """A stored per-class list as floats (None entries kept); None when not a list."""
+    if not isinstance(v, (list, tuple)):
+        return None
+    return [_num(x) for x in v]
+
+
+def _rows_of(metrics: Mapping[str, Any], kind: str) -> list[RobustEval]:
+    return [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
+            for ev in [_decode_robust(r, kind)] if ev is not None]
 
 
 def noise_text(kind: Any, rate: Any) -> str:
@@ -319,10 +345,8 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
         flip_rate = _num(_get(metrics, "noise", "flip_rate"))
         if flip_rate is None and metrics and metrics.get("noise") is None and noise_cfg is None and not is_eval:
             flip_rate = 0.0  # a finished training run without a noise model flipped no label
-        robust = [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
-                  for ev in [_decode_robust(r)] if ev is not None]
-        certificates = [ev for r in metrics.get("robust") or [] if isinstance(r, Mapping)
-                        for ev in [_decode_robust(r, "certify")] if ev is not None]
+        robust = _rows_of(metrics, "attack")
+        certificates = _rows_of(metrics, "certify")
         history = [h for h in (metrics.get("history") or []) if isinstance(h, Mapping)]
         extra = {k: metrics[k] for k in OPTIONAL_METRIC_COLUMNS if metrics.get(k) is not None}
         if "best_epoch" not in extra and _get(metrics, "training", "best_epoch") is not None:
@@ -364,6 +388,12 @@ def normalize_rows(rows: Sequence[Any]) -> list[Run]:
                 else _int(_get(metrics, "data", "num_test")),
                 training_flags=_as_flags(_get(metrics, "training", "flags")),
                 certificates=certificates,
+                corruptions=_rows_of(metrics, "corruption"),
+                detections=_rows_of(metrics, "detect"),
+                corruption=dict(metrics["corruption"]) if isinstance(metrics.get("corruption"), Mapping) else None,
+                reliability=dict(metrics["reliability"]) if isinstance(metrics.get("reliability"), Mapping)
+                else None,
+                per_class=_per_class(metrics.get("per_class_accuracy")),
             )
         )
     _assign_labels(runs)

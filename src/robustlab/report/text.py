@@ -16,8 +16,13 @@ provenance of evaluated weights and the flags follow, wrapped to ``width``. Ever
 with certificates (rows of kind ``certify``) then gets a *certificates* block: certified
 accuracy per radius and setting beside the attacks on the base model at the same radii
 (:mod:`robustlab.report.certificates`, the same numbers as the HTML report), as a
-table of radii x columns when it fits ``width``, else one line per column. Pure Python: no torch,
-no matplotlib, no terminal library.
+table of radii x columns when it fits ``width``, else one line per column. Every run with
+corruption rows gets a *corruptions* block (:func:`corruption_text`: the summary line, the
+corruption x severity table and the family means; a run x family comparison when several
+runs have them), and every run with detect rows a *detectors* block (:func:`detection_text`:
+AUROC / TNR at 95% TPR per shift and detector and the non-adaptive-only warnings). Pure
+Python and no matplotlib or terminal library; the corruption block imports the corruption
+names from :mod:`robustlab.corruptions.base` (torch) when a run has corruption rows.
 """
 
 from __future__ import annotations
@@ -27,20 +32,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from robustlab.report import corruption as corr
+from robustlab.report import detection as det
 from robustlab.report.certificates import (
     CertificateView,
     ascii_text,
     certificate_views,
     explanation,
 )
-from robustlab.report.table import Run, eps_text, normalize_rows
+from robustlab.report.table import Run, eps_text, format_value, normalize_rows
 from robustlab.report.view import MIXED, Column, TableView, suite_groups, table_view
 
 MIN_WIDTH = 20
 """Narrower widths are treated as this one."""
 
 SEP = "  "
-EXTRA_COLUMNS: tuple[str, ...] = ("noise", "flip_rate", "ece")
+EXTRA_COLUMNS: tuple[str, ...] = ("corruption_accuracy", "noise", "flip_rate", "ece")
 """Descriptive columns the text table shows when they fit, in this order of priority."""
 
 
@@ -77,7 +84,7 @@ def _mark(mark: str | None) -> str:
 
 
 def _cell_text(view_cell: Any) -> str:
-    text = view_cell.text.replace("\u2014", "-")
+    text = view_cell.text.replace("\u2014", "-").replace(corr.PARTIAL_MARK, "+")
     return text + _mark(view_cell.mark)
 
 
@@ -209,6 +216,9 @@ def _view_lines(view: TableView, width: int) -> list[str]:
             out.extend(_wrap(entry, width, subsequent="    "))
     else:
         out.extend(_blocks(view, width))
+    if any(rv.cells.get("corruption_accuracy") and corr.PARTIAL_MARK in rv.cells["corruption_accuracy"].text
+           for rv in view.rows):
+        out.extend(_wrap(_ascii(view_note(view)), width, subsequent="  "))
     evaluated = [rv.run for rv in view.rows if rv.run.weights]
     if evaluated and table is not None:  # (the blocks name the weights under each run)
         out.append("")
@@ -309,6 +319,8 @@ def text_table(rows: Sequence[Any], width: int = 80, *, flags: bool = True) -> s
         view = table_view(members, suite=suite)
         out.extend(_view_lines(view, width))
         out.extend(_certificate_block(certificate_views(members, view), width))
+        out.extend(_corruption_block(corr.corruption_views(members), width))
+        out.extend(_detection_block(det.detection_views(members), width))
     if flags:
         out.extend(_flag_lines(runs, width))
     return "\n".join(line.rstrip() for line in out)
@@ -322,3 +334,160 @@ def certificate_text(rows: Sequence[Any], width: int = 80) -> str:
     runs = normalize_rows(rows)
     lines = _certificate_block(certificate_views(runs), max(int(width), MIN_WIDTH))
     return "\n".join(line.rstrip() for line in lines).strip("\n") or "no certificates"
+
+
+# -- corruptions and detectors ------------------------------------------------------------------
+def _ascii(text: str) -> str:
+    for k, v in (("\u2014", "-"), ("\u00d7", "x"), ("\u03b5", "eps"), ("\u2212", "-"),
+                 (corr.PARTIAL_MARK, "+")):
+        text = text.replace(k, v)
+    return ascii_text(text)
+
+
+def view_note(view: TableView) -> str:
+    """The footnote of a partial mean corruption accuracy, as the table view words it."""
+    return next(n for n in view.footnotes if n.startswith(corr.PARTIAL_MARK))
+
+
+def _pct(v: float | None) -> str:
+    return format_value("accuracy", v).replace("\u2014", "-")
+
+
+def corruption_lines(view: corr.CorruptionView, width: int = 80) -> list[str]:
+    """One run's corruptions as text lines of at most ``width`` characters: the summary
+    line, a corruption x severity table (one line per corruption with its family, the
+    accuracy at each severity and the row mean; or, when that is wider than ``width``,
+    one wrapped line per corruption) and the family means."""
+    r = view.run
+    n = f", n={view.num_points}" if view.num_points is not None else ""
+    out = _wrap(f"Corruptions of {r.label} (accuracy in %{n}):", width, subsequent="  ")
+    if r.weights:
+        out.extend(_wrap(r.weights, width, "  "))
+    out.extend(_wrap(view.summary(plain=True), width, "  ", "  "))
+    cols = [_Col(["corruption"], list(view.corruptions), left=True),
+            _Col(["family"], [view.family_of[c] for c in view.corruptions], left=True)]
+    for s_ in view.severities:
+        cols.append(_Col([f"s{s_}"], [_pct(view.accuracy[c].get(s_)) for c in view.corruptions]))
+    cols.append(_Col(["mean"], [_pct(view.row_mean[c]) for c in view.corruptions]))
+    if _total(cols) + 2 <= width:
+        out.extend("  " + line for line in _render(cols))
+    else:
+        for c in view.corruptions:
+            items = [f"s{s_}{NBSP}{_pct(a)}" for s_ in view.severities for a in [view.accuracy[c].get(s_)]
+                     if a is not None]
+            out.extend(_wrap(f"{c} ({view.family_of[c]}): " + ", ".join(items)
+                             + f", mean{NBSP}{_pct(view.row_mean[c])}", width, "  ", "      "))
+    out.extend(_wrap("family means: " + ", ".join(f"{f}{NBSP}{_pct(m)}" for f, m in view.family_mean.items()),
+                     width, "  ", "    "))
+    for f in view.flags:
+        out.extend(_wrap(f"! {_ascii(f)}", width, "  ", "      "))
+    return out
+
+
+def _comparison_lines(comp: corr.Comparison, width: int) -> list[str]:
+    cols = [_Col(["run"], [v.run.label for v, _ in comp.rows], left=True)]
+    for f in comp.families:
+        cols.append(_Col([f], [_pct(m[f]) for _, m in comp.rows]))
+    means = []
+    for v, _ in comp.rows:
+        mean, full = v.headline()
+        means.append(_pct(mean) + ("" if full or mean is None else "+"))
+    cols.append(_Col(["mean"], means))
+    if comp.any_mce:
+        cols.append(_Col(["mCE"], [_pct(v.mce) for v, _ in comp.rows]))
+    head = "Corruptions, run by run (family means, mean corruption accuracy" + (", mCE" if comp.any_mce else "") \
+        + "; in %):"
+    out = ["", *_wrap(head, width, subsequent="  ")]
+    if _total(cols) + 2 <= width:
+        out.extend("  " + line for line in _render(cols))
+    else:
+        for j, (v, m) in enumerate(comp.rows):
+            items = [f"{f}{NBSP}{_pct(m[f])}" for f in comp.families] + [f"mean{NBSP}{means[j]}"]
+            if comp.any_mce:
+                items.append(f"mCE{NBSP}{_pct(v.mce)}")
+            out.extend(_wrap(f"{v.run.label}: " + ", ".join(items), width, "  ", "      "))
+    notes = []
+    if comp.baselines:
+        notes.append("mCE against baseline " + ", ".join(comp.baselines) + ".")
+    if any(not v.headline()[1] and v.headline()[0] is not None for v, _ in comp.rows):
+        notes.append("+ mean over only the measured corruption x severity pairs, not all 15 x 5.")
+    for note in notes:
+        out.extend(_wrap(note, width, "  ", "  "))
+    return out
+
+
+def _corruption_block(views: Sequence[corr.CorruptionView], width: int) -> list[str]:
+    if not views:
+        return []
+    out = ["", *_wrap(corr.explanation(plain=True), width, subsequent="")]
+    comp = corr.comparison(views)
+    if comp is not None:
+        out.extend(_comparison_lines(comp, width))
+    for v in views:
+        out.append("")
+        out.extend(corruption_lines(v, width))
+    return out
+
+
+def detection_lines(view: det.DetectionView, width: int = 80) -> list[str]:
+    """One run's detectors as text lines of at most ``width`` characters: the warnings
+    first, then a table of shifts x detectors (cells ``AUROC/TNR`` or, for attacks,
+    ``AUROC/TNR/undetected``, in %), or one line per shift when it is wider."""
+    r = view.run
+    out = _wrap(f"Detectors of {r.label} (AUROC / TNR at 95% TPR"
+                + (" / undetected attack success" if view.any_attack else "") + ", in %):", width,
+                subsequent="  ")
+    if r.weights:
+        out.extend(_wrap(r.weights, width, "  "))
+    for w in view.warnings:
+        out.extend(_wrap(f"! {_ascii(w)}", width, "  ", "    "))
+
+    def cell(row: det.DetectionRow, d: str) -> str:
+        return view.cell(row, d).text(plain=True).replace(" / ", "/")
+
+    labels = [row.label(plain=True) for row in view.rows]  # "adaptive/<norm>" names itself
+    cols = [_Col(["shift"], labels, left=True)]
+    for d in view.detectors:
+        cols.append(_Col([d], [cell(row, d) for row in view.rows]))
+    if _total(cols) + 2 <= width:
+        out.extend("  " + line for line in _render(cols))
+    else:
+        for label, row in zip(labels, view.rows):
+            items = [f"{d}{NBSP}{cell(row, d)}" for d in view.detectors]
+            out.extend(_wrap(f"{label}: " + ", ".join(items), width, "  ", "      "))
+    for f in view.flags:
+        out.extend(_wrap(f"! {_ascii(f)}", width, "  ", "      "))
+    return out
+
+
+def _detection_block(views: Sequence[det.DetectionView], width: int) -> list[str]:
+    if not views:
+        return []
+    out = ["", *_wrap(det.explanation(views, plain=True), width, subsequent="")]
+    for v in views:
+        out.append("")
+        out.extend(detection_lines(v, width))
+    return out
+
+
+def corruption_text(rows: Sequence[Any], width: int = 80) -> str:
+    """The corruption results of stored runs as text (what ``robustlab corrupt`` prints):
+    the explanation, a run x family comparison when several runs have corruption rows,
+    then per run the summary line (mean corruption accuracy, clean accuracy, mCE and
+    relative mCE against the named baseline), the corruption x severity table and the
+    family means; every line at most ``width`` characters. ``"no corruption results"``
+    when no run has rows of kind ``corruption``."""
+    runs = normalize_rows(rows)
+    lines = _corruption_block(corr.corruption_views(runs), max(int(width), MIN_WIDTH))
+    return "\n".join(line.rstrip() for line in lines).strip("\n") or "no corruption results"
+
+
+def detection_text(rows: Sequence[Any], width: int = 80) -> str:
+    """The detector results of stored runs as text: the explanation, then per run the
+    warnings for detectors that detect only non-adaptive attacks and the table of AUROC /
+    TNR at 95% TPR (and undetected attack success) per shift and detector; every line at
+    most ``width`` characters. ``"no detection results"`` when no run has rows of kind
+    ``detect``."""
+    runs = normalize_rows(rows)
+    lines = _detection_block(det.detection_views(runs), max(int(width), MIN_WIDTH))
+    return "\n".join(line.rstrip() for line in lines).strip("\n") or "no detection results"

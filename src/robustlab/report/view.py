@@ -6,8 +6,9 @@ caption line above the table instead of a column), and the notes a reader needs 
 the numbers right (which columns were measured on which points, which number is
 optimistic).
 
-Column order puts what a reader compares first: the run's name, its clean accuracy and
-the robust accuracies (the *key* columns), then what tells runs apart (model, objective,
+Column order puts what a reader compares first: the run's name, its clean accuracy, the
+robust accuracies and, when some run was measured under corruptions, its mean corruption
+accuracy (the *key* columns), then what tells runs apart (model, objective,
 loss, label noise), then the remaining metrics and the run id.
 
 Every robust column names its attack, norm, eps and the number of attacked points n.
@@ -38,6 +39,11 @@ from robustlab.report.table import (
 
 MISSING = "\u2014"
 MIXED = "mixed"
+CORRUPTION_NOTE = (
+    "\u2020 mean over only the measured corruption \u00d7 severity pairs: the mean corruption accuracy of "
+    "the benchmark averages all 15 common corruptions \u00d7 5 severities, which these runs did not all "
+    "measure, so the marked numbers are not comparable with it (see Corruptions below)."
+)
 OPTIMISTIC_NOTE = (
     "Best-epoch test accuracy is the highest per-epoch test accuracy, i.e. the epoch was chosen "
     "on the test set itself: an optimistic number, not an estimate of accuracy on new data "
@@ -236,6 +242,7 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
                ["clean"] + ([f"n={n_clean}"] if n_clean is not None else []), key=True),
     ]
     cells: list[dict[str, Cell]] = [{} for _ in runs]
+    partial = False  # some mean corruption accuracy is over the measured pairs only
     point_of: list[dict[str, tuple[Any, ...]]] = [{} for _ in runs]  # column id -> point-set key
     examples: dict[tuple[Any, ...], RobustEval] = {}
     for i, r in enumerate(runs):
@@ -263,6 +270,23 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
                 k = _point_key(ev)
                 point_of[i][col] = k
                 examples.setdefault(k, ev)
+
+    if any(r.corruptions for r in runs):
+        from robustlab.report.corruption import PARTIAL_MARK, corruption_view
+
+        columns.append(Column("corruption_accuracy", "mean corruption accuracy", ["corruption", "acc."], key=True))
+        for i, r in enumerate(runs):
+            cv = corruption_view(r)
+            mean, full = cv.headline() if cv is not None else (None, True)
+            text = _fmt("accuracy", mean)
+            if mean is not None and not full:
+                text += PARTIAL_MARK
+                partial = True
+            cells[i]["corruption_accuracy"] = Cell(text)
+            if mean is not None and r.corruptions:
+                k = _point_key(r.corruptions[0])
+                point_of[i]["corruption_accuracy"] = k
+                examples.setdefault(k, r.corruptions[0])
 
     # one letter per set of points, in column order (A: the points of the clean column)
     sets: dict[tuple[Any, ...], PointSet] = {}
@@ -297,7 +321,7 @@ def table_view(runs: Sequence[Run], *, suite: str | None = None) -> TableView:
         )
         for k, ps in sets.items():
             ps.columns = [c.title for c in members[k]]
-    footnotes: list[str] = []
+    footnotes: list[str] = [CORRUPTION_NOTE] if partial else []
 
     # descriptive columns; those equal for every run move to the caption
     constants: list[tuple[str, str]] = []

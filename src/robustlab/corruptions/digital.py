@@ -185,7 +185,8 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     pil.save(buf, "JPEG", quality=int(quality))
     buf.seek(0)
-    out = np.asarray(Image.open(buf).convert(mode))
+    dec = Image.open(buf)
+    out = np.asarray(dec if dec.mode == mode else dec.convert(mode))
     return out.reshape(img.shape)
 
 

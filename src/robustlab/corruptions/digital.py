@@ -185,7 +185,7 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     pil.save(buf, "JPEG", quality=int(quality))
     buf.seek(0)
-    dec = Image.open(buf)
+    dec = Image.open(buf, formats=("JPEG",))
     out = np.asarray(dec if dec.mode == mode else dec.convert(mode))
     return out.reshape(img.shape)
 

@@ -213,14 +213,20 @@ _FROST_SIDE = 6  # side branches per seed
 _FROST_CHUNK = 256  # images per rendering chunk (bounds memory: chunk x segments x pixels)
 
 
-def _segment_distance(px: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance from pixels ``px`` (P, 2) to segments ``a -> b`` (N, S, 2): (N, S, P)."""
-    ab = b - a
-    ap = px[None, None] - a[:, :, None]  # (N, S, P, 2)
-    t = (ap * ab[:, :, None]).sum(-1) / (ab * ab).sum(-1, keepdim=True).clamp_min(1e-12)
-    t = t.clamp(0, 1)
-    d = ap - t[..., None] * ab[:, :, None]
-    return d.norm(dim=-1)
+def _segment_ridges(px: torch.Tensor, a: torch.Tensor, b: torch.Tensor, width: torch.Tensor,
+                    bright: torch.Tensor) -> torch.Tensor:
+    """Brightest gaussian ridge ``bright exp(-d^2 / 2 width^2)`` over segments ``a -> b``
+    (N, S, 2) at pixels ``px`` (P, 2), ``d`` the distance to the segment: (N, P)."""
+    abx, aby = (b - a).unbind(-1)  # (N, S)
+    inv = 1.0 / (abx * abx + aby * aby).clamp_min(1e-12)
+    apx = px[:, 0].view(1, 1, -1) - a[..., 0, None]  # (N, S, P)
+    apy = px[:, 1].view(1, 1, -1) - a[..., 1, None]
+    t = (apx * abx[..., None]).add_(apy * aby[..., None]).mul_(inv[..., None]).clamp_(0, 1)
+    apx.sub_(t * abx[..., None]).square_()
+    apy.sub_(t * aby[..., None]).square_()
+    d2 = apx.add_(apy)
+    ridge = d2.mul_((-0.5 / (width * width))[..., None]).exp_().mul_(bright[..., None])
+    return ridge.amax(1)
 
 
 def frost_texture(n: int, h: int, w: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -263,9 +269,7 @@ def frost_texture(n: int, h: int, w: int, generator: torch.Generator, like: torc
     needles = []
     for lo in range(0, n, _FROST_CHUNK):
         sl = slice(lo, lo + _FROST_CHUNK)
-        d = _segment_distance(px, seg_a[sl], seg_b[sl])
-        ridge = torch.exp(-0.5 * (d / width[sl, :, None]) ** 2) * bright[sl, :, None]
-        needles.append(ridge.amax(1))
+        needles.append(_segment_ridges(px, seg_a[sl], seg_b[sl], width[sl], bright[sl]))
     lines = torch.cat(needles).reshape(n, 1, h, w)
 
     rime = gaussian_filter(rand((n, 1, h, w), generator, like), 0.7 * s, mode="reflect")
@@ -320,8 +324,9 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     ``|dx| + |dy|``, non-maximum suppression in four directions with OpenCV's fixed-point
     tan(22.5) test and tie rules, hysteresis (> low connected in 8-neighbourhood to > high).
     Returns a bool edge map."""
-    sob = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64, device=img.device)
-    p = pad2d(img.double(), 1, 1, "nearest")
+    # float32 holds the integer gradients (|d| <= 1020) exactly
+    sob = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float32, device=img.device)
+    p = pad2d(img.float(), 1, 1, "nearest")
     dx = F.conv2d(p, sob.view(1, 1, 3, 3)).round().long()
     dy = F.conv2d(p, sob.t().contiguous().view(1, 1, 3, 3)).round().long()
     mag = dx.abs() + dy.abs()
@@ -344,8 +349,13 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     keep_d = torch.where(same, (mag > at(-1, -1)) & (mag > at(1, 1)), (mag > at(-1, 1)) & (mag > at(1, -1)))
     cand = (mag > lo) & ((horiz & keep_h) | (vert & keep_v) | (diag & keep_d))
     edges = cand & (mag > hi)
-    while True:
-        grown = cand & (F.max_pool2d(edges.float(), 3, 1, 1) > 0)
+    while True:  # grow the strong edges through 8-connected candidates until nothing changes
+        pe = F.pad(edges, (1, 1, 1, 1))
+        near = edges.clone()
+        for oy in range(3):
+            for ox in range(3):
+                near |= pe[..., oy:oy + h, ox:ox + w]
+        grown = cand & near
         if torch.equal(grown, edges):
             return edges
         edges = grown
@@ -358,7 +368,7 @@ def distance_chamfer(zero: torch.Tensor, cap: float) -> torch.Tensor:
     (values at or above ``cap`` are returned as ``cap``; the reference truncates at 20 next).
     Paths stay inside the image, as OpenCV's border."""
     big = 1e4
-    d = torch.where(zero, 0.0, big).to(torch.float64)
+    d = torch.where(zero, 0.0, big).to(torch.float32)
     steps = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
              if (dy, dx) != (0, 0) and abs(dy) + abs(dx) <= 3 and not (abs(dy) == 2 and abs(dx) == 2)
              and not (abs(dy) == 2 and dx == 0) and not (abs(dx) == 2 and dy == 0)]

@@ -20,7 +20,7 @@ import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from robustlab.progress import Progress
 from robustlab.registry import Registry
 from robustlab.seeding import derive_seed
 from robustlab.validation import check_inputs, check_int, check_labels
+
+if TYPE_CHECKING:
+    from robustlab.detect.shifts import ShiftedInputs
 
 detectors: Registry[Detector] = Registry("detector")
 
@@ -172,6 +175,41 @@ class Detector:
         with torch.no_grad():
             return model(x.to(dev))
 
+    def measure(
+        self,
+        model: nn.Module,
+        shifted: ShiftedInputs,
+        scores_in: np.ndarray,
+        *,
+        batch_size: int = 256,
+    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Metrics of one level: ``(metrics, out scores, in-point mask)`` given the shifted
+        inputs (:func:`~robustlab.detect.shifts.shifted_inputs`) and the scores of the clean
+        points they came from (see :meth:`run` for the protocol)."""
+        scores_in = np.asarray(scores_in, dtype=np.float64)
+        if shifted.success is None:
+            s_out = self.score(model, shifted.x, batch_size=batch_size).double().cpu().numpy()
+            m = detection_metrics(scores_in, s_out)
+            m.update(num_in=float(len(scores_in)), num_out=float(len(s_out)))
+            return {k: float(v) for k, v in m.items()}, s_out, np.ones(len(scores_in), dtype=bool)
+        assert shifted.clean_correct is not None
+        correct = shifted.clean_correct.cpu().numpy().astype(bool)
+        ok = shifted.success.cpu().numpy().astype(bool) & correct
+        x_ok = shifted.x[torch.from_numpy(ok).to(shifted.x.device)]
+        s_adv = self.score(model, x_ok, batch_size=batch_size).double().cpu().numpy()
+        m = detection_metrics(scores_in[ok], s_adv)
+        n_att = int(correct.sum())
+        tau = threshold_at_tpr(scores_in[correct], OPERATING_TPR) if n_att else float("nan")
+        m.update(
+            num_in=float(ok.sum()),
+            num_out=float(len(s_adv)),
+            num_attacked=float(n_att),
+            attack_success=float(ok.sum()) / n_att if n_att else float("nan"),
+            undetected_success=float((s_adv >= tau).sum()) / n_att if n_att else float("nan"),
+            threshold=tau,
+        )
+        return {k: float(v) for k, v in m.items()}, s_adv, ok
+
     # -- the one-call measurement ------------------------------------------------------------
     def run(
         self,
@@ -212,7 +250,7 @@ class Detector:
         """
         from robustlab.detect.shifts import parse_shift, shifted_inputs
 
-        kind, _ = parse_shift(shift)
+        parse_shift(shift)  # unknown shifts fail before any work
         if reference is None:
             raise ConfigError(
                 f"Detector.run needs reference=(x_train, y_train): detector {self.name!r} is "
@@ -236,10 +274,9 @@ class Detector:
                  generator=torch.Generator().manual_seed(derive_seed(seed, "detect-fit")))
         if progress is not None:
             progress.advance(len(x_fit))
-        scores_in = self.score(model, x, batch_size=batch_size).double().cpu()
+        scores_in = self.score(model, x, batch_size=batch_size).double().cpu().numpy()
         if progress is not None:
             progress.advance(len(x))
-        adversarial = kind in ("adversarial", "adaptive")
         metrics: dict[float, dict[str, float]] = {}
         scores_out: dict[float, np.ndarray] = {}
         selected: dict[float, np.ndarray] = {}
@@ -247,36 +284,9 @@ class Detector:
             gen = torch.Generator().manual_seed(derive_seed(seed, "detect-shift", shift, level))
             shifted = shifted_inputs(shift, model, x, y, level, generator=gen, detector=self,
                                      batch_size=batch_size, **params)
-            if not adversarial:
-                s_out = self.score(model, shifted.x, batch_size=batch_size).double().cpu()
-                m = detection_metrics(scores_in, s_out)
-                m.update(num_in=float(len(scores_in)), num_out=float(len(s_out)))
-                sel = np.ones(len(x), dtype=bool)
-            else:
-                assert shifted.success is not None and shifted.clean_correct is not None
-                correct = shifted.clean_correct.cpu()
-                ok = (shifted.success.cpu() & correct)
-                s_adv = self.score(model, shifted.x[ok.to(shifted.x.device)],
-                                   batch_size=batch_size).double().cpu()
-                s_in = scores_in[ok]
-                if len(s_in):
-                    m = detection_metrics(s_in, s_adv)
-                else:
-                    m = dict.fromkeys(("auroc", "aupr_in", "aupr_out", "tnr_at_95_tpr"), float("nan"))
-                n_att = int(correct.sum())
-                tau = threshold_at_tpr(scores_in[correct], OPERATING_TPR) if n_att else float("nan")
-                undetected = int((s_adv >= tau).sum()) if n_att else 0
-                m.update(
-                    num_in=float(len(s_in)),
-                    num_out=float(len(s_adv)),
-                    num_attacked=float(n_att),
-                    attack_success=float(ok.sum()) / n_att if n_att else float("nan"),
-                    undetected_success=undetected / n_att if n_att else float("nan"),
-                    threshold=tau,
-                )
-                s_out, sel = s_adv, ok.numpy()
-            metrics[level] = {k: float(v) for k, v in m.items()}
-            scores_out[level] = s_out.numpy()
+            m, s_out, sel = self.measure(model, shifted, scores_in, batch_size=batch_size)
+            metrics[level] = m
+            scores_out[level] = s_out
             selected[level] = sel
             if progress is not None:
                 progress.advance(len(x))
@@ -286,7 +296,7 @@ class Detector:
             params=self.get_params(),
             levels=levels,
             metrics=metrics,
-            scores_in=scores_in.numpy(),
+            scores_in=scores_in,
             scores_out=scores_out,
             seconds=time.perf_counter() - t0,
             selected=selected,

@@ -210,7 +210,7 @@ FROST_TINT = (0.566 / 0.637, 0.649 / 0.637, 0.695 / 0.637)  # channel mean / mea
 
 _FROST_SEEDS = 4  # crystal seeds per image
 _FROST_SIDE = 6  # side branches per seed
-_FROST_CHUNK = 256  # images per rendering chunk (bounds memory: chunk x segments x pixels)
+_FROST_CHUNK_ELEMENTS = 1 << 22  # images x segments x pixels per rendering chunk (bounds memory)
 
 
 def _segment_ridges(px: torch.Tensor, a: torch.Tensor, b: torch.Tensor, width: torch.Tensor,
@@ -235,8 +235,8 @@ def frost_texture(n: int, h: int, w: int, generator: torch.Generator, like: torc
     Each image gets ``_FROST_SEEDS`` ice crystals: a main needle from a uniform point at a
     uniform angle, length ``U(8, 24)`` px, and ``_FROST_SIDE`` side needles leaving it at
     ``U(.1, .9)`` of its length, at ``+-U(40, 70)`` degrees, of ``U(.2, .5)`` its length;
-    needles are drawn as gaussian ridges of width ``U(.5, .9)`` px and brightness
-    ``U(.5, 1)`` (maximum over needles). Added: fine noise blurred at ``.7`` px (rime) and a
+    needles are drawn as gaussian ridges of width ``U(.5, .9)`` px (times ``max(side/32, .5)``)
+    and brightness ``U(.5, 1)`` (maximum over needles). Added: fine noise blurred at ``.7`` px (rime) and a
     haze blurred at 4 px. The grey texture ``.55 needles + .25 rime + .2 haze`` is then
     standardised to mean ``U(FROST_MEAN +- sqrt(3) FROST_MEAN_SD)`` and std ``FROST_STD``
     (the reference crops' statistics) and tinted by ``FROST_TINT``. Lengths are for 32x32 and
@@ -267,8 +267,9 @@ def frost_texture(n: int, h: int, w: int, generator: torch.Generator, like: torc
                             torch.arange(w, dtype=like.dtype, device=like.device) + 0.5, indexing="ij")
     px = torch.stack((xs, ys), -1).reshape(-1, 2)
     needles = []
-    for lo in range(0, n, _FROST_CHUNK):
-        sl = slice(lo, lo + _FROST_CHUNK)
+    chunk = max(1, _FROST_CHUNK_ELEMENTS // (seg_a.shape[1] * px.shape[0]))
+    for lo in range(0, n, chunk):
+        sl = slice(lo, lo + chunk)
         needles.append(_segment_ridges(px, seg_a[sl], seg_b[sl], width[sl], bright[sl]))
     lines = torch.cat(needles).reshape(n, 1, h, w)
 

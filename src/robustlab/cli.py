@@ -565,8 +565,70 @@ def corrupt(
     _out(corruption_text([rec.to_dict()], width=_width()))
 
 
-_FAMILIES = ("datasets", "models", "losses", "attacks", "certifiers", "corruptions", "objectives", "noise",
-             "schedules")
+#: the level a shift takes when ``--shift`` names none (adversarial shifts need an eps)
+_DEFAULT_LEVELS = {"uniform": ["0"], "gaussian": ["0.25"], "corruption": ["5"]}
+
+
+def _shift_levels(spec: str) -> tuple[str, list[float]]:
+    """``"adversarial/linf@0.1,0.3"`` -> ``("adversarial/linf", [0.1, 0.3])`` (default levels
+    for noise and corruption shifts)."""
+    from robustlab.detect.shifts import parse_shift
+    from robustlab.errors import ConfigError
+
+    shift, _, levels = spec.partition("@")
+    kind, _ = parse_shift(shift)
+    values = [v for v in levels.split(",") if v.strip()] if levels else _DEFAULT_LEVELS.get(kind, [])
+    if not values:
+        raise ConfigError(f"shift {shift!r} needs an eps: write it as --shift '{shift}@0.1' (several: @0.1,0.3).")
+    return shift.strip(), _eps_list(values)
+
+
+@app.command()
+def detect(
+    model: Path = WeightsOpt,
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets); detectors are fitted on its train split."),
+    split: str = typer.Option("test"),
+    root: Optional[str] = RootOpt,
+    method: list[str] = typer.Option(["msp", "energy", "mahalanobis"], help="Detector(s): msp, energy, mahalanobis; repeat the option (robustlab ls detectors)."),
+    shift: list[str] = typer.Option(["uniform", "corruption/gaussian_noise"], help="What the out-distribution is, with optional levels after '@': uniform, gaussian[@std], corruption/<name>[@severity], adversarial/<norm>@eps[,eps], adaptive/<norm>@eps (PGD on the classifier and the detector together); repeat the option."),
+    subset: Optional[int] = typer.Option(None, help="Measure on N points of a fixed seeded permutation (default: all)."),
+    steps: int = typer.Option(20, help="adversarial/adaptive shifts: PGD steps."),
+    batch_size: str = typer.Option("auto", help="Points per forward pass, or 'auto'."),
+    device: Optional[str] = EvalDeviceOpt,
+    factory: Optional[str] = FactoryOpt,
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
+    seed: int = typer.Option(0),
+) -> None:
+    """How well detectors (max softmax probability, energy, Mahalanobis) tell the test points from shifted ones: AUROC, AUPR, TNR at 95% TPR; for adversarial shifts also the attacks that succeed undetected, non-adaptive and adaptive. Stored as a run in suite 'evaluations'."""
+    from robustlab.detect import detectors
+    from robustlab.evaluate import Measurement
+    from robustlab.experiments import evaluate_weights
+    from robustlab.report.text import detection_text
+    from robustlab.validation import check_int
+
+    bs = _batch_size_option(batch_size)
+    sub = _check_subset(subset)
+    check_int(steps, "--steps", minimum=1)
+    names = list(dict.fromkeys(detectors.canonical(m) for m in method))
+    ms = []
+    for spec in dict.fromkeys(shift):
+        sh, levels = _shift_levels(spec)
+        extra = {"shift_params": {"steps": steps}} if sh.split("/")[0] in ("adversarial", "adaptive") else {}
+        ms += [Measurement(m, sh, levels, dict(extra), sub, False, kind="detect") for m in names]
+    rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
+                              batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force)
+    met = rec.metrics
+    rows = met["robust"]
+    npts = rows[0]["num_points"] if rows else met["num_test"]
+    _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy {100 * met['clean_accuracy']:.2f}%; "
+         f"detectors fitted on the train split; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(_provenance_line(met.get("provenance")))
+    _out(detection_text([rec.to_dict()], width=_width()))
+
+
+_FAMILIES = ("datasets", "models", "losses", "attacks", "certifiers", "corruptions", "detectors", "objectives",
+             "noise", "schedules")
 
 
 @app.command("ls")
@@ -600,6 +662,8 @@ def _family_names(fam: str, pattern: str) -> list[str]:
         from robustlab.certify import available
     elif fam == "corruptions":
         from robustlab.corruptions import available
+    elif fam == "detectors":
+        from robustlab.detect import available
     elif fam == "objectives":
         from robustlab.train import available
     elif fam == "noise":

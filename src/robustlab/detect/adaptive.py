@@ -172,7 +172,7 @@ class AdaptivePGD(Attack):
             if not act:
                 break
             step = (
-                threat.ascent_direction(grad, x=xa, bounds=ctx.bounds)
+                threat.ascent_direction(grad, sparsity=0.05, x=xa, bounds=ctx.bounds)  # PGD's l1_sparsity
                 if threat.norm == "l1"
                 else threat.ascent_direction(grad)
             )

@@ -131,7 +131,10 @@ class Detector:
         generator: torch.Generator | None = None,
     ) -> _D:
         """Fit on in-distribution training points ``x`` (in the model's input box, usually
-        ``[0, 1]``) with labels ``y``; returns ``self``. Refitting starts from scratch."""
+        ``[0, 1]``) with labels ``y``; returns ``self``. Refitting starts from scratch.
+
+        ``generator``: for detectors that draw random numbers while fitting (none of the
+        built-in ones does; they are deterministic functions of the data)."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         check_inputs(x, bounds=model_bounds(model))
         with eval_mode(model):
@@ -149,7 +152,9 @@ class Detector:
         """Forget what an earlier :meth:`fit` learned (subclasses extend)."""
 
     def score(self, model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-        """Scores ``(N,)`` on ``x``'s device; HIGHER means MORE in-distribution."""
+        """Scores ``(N,)`` on ``x``'s device (float32 for msp/energy, float64 for
+        mahalanobis); HIGHER means MORE in-distribution. Detectors without anything to
+        learn (msp, energy) score without :meth:`fit`."""
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         self._check_fitted()
         check_inputs(x, bounds=model_bounds(model))
@@ -238,6 +243,7 @@ class Detector:
         ``attack_params``, ``lam``, ``kappa``, ...). ``seed`` seeds every random draw
         (one generator per level, derived from ``seed``, the shift and the level).
         ``progress``: advanced by the number of points done (fit, in-scores, each level).
+        ``num_classes``: when given, ``y`` is checked against it.
 
         Noise and corruption levels compare the scores on all of ``x`` with the scores on
         all shifted points. Adversarial and adaptive levels follow Lee et al. (2018, Sec.

@@ -12,6 +12,9 @@ disk at a 1,400 x 900 viewport, and the test asserts what a reader would see:
 - no key column (run name, clean accuracy, robust accuracies) of a results table lies
   beyond the right edge of its scroll box, and the page itself does not scroll sideways;
 - the robust column headers name their n;
+- a report of synthetic runs with corruption and detect rows, reliability diagrams and
+  per-class numbers renders the same way: no console errors, no sideways scrolling, its
+  heatmap, detection, disparity and comparison tables fit the window, every plot drawn;
 - the certificate tables (the bench certifies two runs by randomized smoothing beside the
   standard L2 attack) are visible without scrolling sideways, name their n and mark the
   certificate's points apart from the attack's (the test shrinks the attack to 30 points,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -121,6 +125,9 @@ _MEASURE = """() => {
         mark: th.querySelector('sup.ps') ? th.querySelector('sup.ps').textContent : null, ...rect(th)})),
       radii: [...t.querySelectorAll('tbody tr')].map((tr) => tr.dataset.radius),
     })),
+    shift: [...document.querySelectorAll('table.heatmap, table.detect, table.disparity, table.corruption-compare')]
+      .map((t) => ({kind: t.className, box: rect(t.closest('.scroll')), table: rect(t),
+                    cells: [...t.querySelectorAll('th, td')].map((c) => rect(c))})),
   };
 }"""
 
@@ -193,7 +200,10 @@ def test_no_console_errors_and_no_network_requests(rendered):
 
 def test_every_plot_has_drawn_pixels(rendered):
     plots = rendered["plots"]
-    assert [p["section"] for p in plots] == ["plot-noise", "plot-robust", "plot-history", "plot-certify"]
+    sections = [p["section"] for p in plots]
+    assert sections[:4] == ["plot-noise", "plot-robust", "plot-history", "plot-certify"]
+    # then, for the bench runs measured under corruptions, their family plots and calibration panels
+    assert all(re.fullmatch(r"plot-corruption-\d+|calibration", s) for s in sections[4:]), sections
     assert all(p["width"] > 300 and p["height"] > 200 for p in plots), plots
     for section, n, ink, colour in plot_pixels(rendered):
         assert ink > 0.01 * n, (section, ink, n)
@@ -206,7 +216,8 @@ def test_key_columns_are_visible_without_scrolling_at_1400px(rendered):
     (table,) = rendered["tables"]
     keys = table["keys"]
     assert [k["col"] for k in keys][:2] == ["name", "clean_accuracy"]
-    assert len(keys) == 2 + 8  # pgd linf at 4 eps, standard linf at 1 and standard l2 at 3 (bench suite)
+    robust = [k for k in keys[2:] if k["col"] != "corruption_accuracy"]
+    assert len(robust) == 8  # pgd linf at 4 eps, standard linf at 1 and standard l2 at 3 (bench suite)
     assert hidden_key_columns(rendered) == []
     headers = {k["col"]: " ".join(k["text"].split()) for k in keys}
     assert "n=30" in headers["standard linf eps=0.1 (n=30)"] and "standard" in headers["standard linf eps=0.1 (n=30)"]
@@ -235,3 +246,35 @@ def test_certificate_tables_are_visible_and_mark_their_points(rendered):
         assert heads["cert-0"]["mark"] and heads["attack-0"]["mark"]
         assert heads["cert-0"]["mark"] != heads["attack-0"]["mark"]
         assert t["radii"] == ["0.0", "0.25", "0.5", "0.75"]
+
+
+# -- corruptions, detectors, calibration (synthetic rows) ------------------------------------
+@pytest.fixture(scope="module")
+def shift_rendered(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from robustlab.report import write_report
+    from tests.report.shift_fakes import COMMON, corruption_rows, shift_run
+
+    root = tmp_path_factory.mktemp("shift")
+    rows = [shift_run(0, "all corruptions"),
+            shift_run(1, "five corruptions", corruptions=corruption_rows(COMMON[:5]), baseline=False)]
+    path = write_report(rows, root / "report.html")
+    return open_in_chromium(path, chromium, root / "profile")
+
+
+def test_shift_sections_render_without_errors_or_overflow(shift_rendered):
+    r = shift_rendered
+    assert [m for m in r["console"] if m[0] == "error"] == [] and r["errors"] == []
+    assert r["requests"] == [r["url"]]
+    assert r["scrollWidth"] <= r["innerWidth"]
+    kinds = [t["kind"] for t in r["shift"]]
+    assert kinds.count("heatmap") == 2 and kinds.count("detect") == 2 and kinds.count("disparity") == 2
+    assert kinds.count("corruption-compare") == 1
+    for t in r["shift"]:  # the whole table inside its scroll box and the window: nothing hidden
+        assert t["table"]["right"] <= min(t["box"]["right"], r["innerWidth"]) + 0.5, t["kind"]
+        assert all(c["width"] > 0 and c["height"] > 0 for c in t["cells"])
+    sections = [p[0] for p in plot_pixels(r)]
+    assert sections.count("plot-corruption-1") == 1 and sections.count("plot-corruption-2") == 1
+    assert sections.count("calibration") == 4  # reliability + per-class, two runs
+    for section, n, ink, colour in plot_pixels(r):
+        assert ink > 0.01 * n, (section, ink, n)
+        assert colour > 300, (section, colour)

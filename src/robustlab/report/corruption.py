@@ -81,6 +81,7 @@ class CorruptionView:
     mce: float | None = None
     relative_mce: float | None = None
     mce_corruptions: int | None = None
+    baseline_missing: str | None = None  # why a named baseline gave no mCE (stored by the evaluation)
     flags: list[str] = field(default_factory=list)
     id: str = ""  # HTML anchor (set by the report)
 
@@ -117,7 +118,9 @@ class CorruptionView:
         if self.has_baseline:
             who = f"baseline {self.baseline}" if self.baseline else "a baseline"
             if self.mce is None:
-                text += f"; mCE against {who}: \u2014 (no corruption measured at every severity by both)"
+                why = self.baseline_missing.rstrip(".") if self.baseline_missing else \
+                    "no corruption measured at every severity by both"
+                text += f"; mCE against {who}: \u2014 ({why})"
             else:
                 text += f"; mCE {_pct(self.mce)}%"
                 if self.relative_mce is not None:
@@ -193,6 +196,7 @@ def corruption_view(run: Run) -> CorruptionView | None:
         mce=_num(summary.get("mce")), relative_mce=_num(summary.get("relative_mce")),
         mce_corruptions=int(summary["mce_corruptions"]) if _num(summary.get("mce_corruptions")) is not None
         else None,
+        baseline_missing=str(summary["baseline_missing"]) if summary.get("baseline_missing") else None,
         flags=list(flags),
     )
 

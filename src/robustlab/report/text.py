@@ -407,7 +407,7 @@ def _comparison_lines(comp: corr.Comparison, width: int) -> list[str]:
                 items.append(f"mCE{NBSP}{_pct(v.mce)}")
             out.extend(_wrap(f"{v.run.label}: " + ", ".join(items), width, "  ", "      "))
     notes = []
-    if comp.baselines:
+    if comp.baselines and comp.any_mce:
         notes.append("mCE against baseline " + ", ".join(comp.baselines) + ".")
     if any(not v.headline()[1] and v.headline()[0] is not None for v, _ in comp.rows):
         notes.append("+ mean over only the measured corruption x severity pairs, not all 15 x 5.")

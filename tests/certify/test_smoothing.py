@@ -273,4 +273,4 @@ def test_certify_measurement_bad_input() -> None:
     with pytest.raises(ConfigError, match="beyond the largest radius"):
         evaluate.Measurement("smoothing", "l2", [2.0], {"sigma": 0.25, "n": 1000}, kind="certify").build()
     with pytest.raises(ConfigError, match="kind"):
-        evaluate.Measurement("smoothing", "l2", [0.1], kind="detect").build()
+        evaluate.Measurement("smoothing", "l2", [0.1], kind="estimate").build()

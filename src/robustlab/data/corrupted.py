@@ -331,16 +331,7 @@ def extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> l
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
-                created = []
-                for entry in sorted(tmp.iterdir()):
-                    final = dest / entry.name
-                    if final.is_dir() and not final.is_symlink():
-                        shutil.rmtree(final)
-                    elif final.exists() or final.is_symlink():
-                        final.unlink()
-                    os.replace(entry, final)
-                    created.append(final)
-                return created
+                return dl.publish_extracted(tmp, dest)
             finally:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(tmp)

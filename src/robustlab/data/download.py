@@ -267,6 +267,21 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
     return p
 
 
+def publish_extracted(tmp: Path, dest: Path) -> list[Path]:
+    """Move the top-level entries of the staging folder ``tmp`` into ``dest``, replacing
+    entries of the same name; returns the paths created (the last step of a safe extraction)."""
+    created: list[Path] = []
+    for entry in sorted(tmp.iterdir()):
+        final = dest / entry.name
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        elif final.exists() or final.is_symlink():
+            final.unlink()
+        os.replace(entry, final)
+        created.append(final)
+    return created
+
+
 def extract_tar(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
     """Safely extract a (possibly gzip-compressed) tar archive into ``dest``.
 
@@ -298,16 +313,7 @@ def extract_tar(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> l
                         raise DataError(f"{archive}: cannot read member {member.name!r}.")
                     with src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
-                created: list[Path] = []
-                for entry in sorted(tmp.iterdir()):
-                    final = dest / entry.name
-                    if final.is_dir() and not final.is_symlink():
-                        shutil.rmtree(final)
-                    elif final.exists() or final.is_symlink():
-                        final.unlink()
-                    os.replace(entry, final)
-                    created.append(final)
-                return created
+                return publish_extracted(tmp, dest)
             finally:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(tmp)

@@ -156,6 +156,7 @@ def run_experiment(
     from robustlab import models
     from robustlab import train as train_mod
     from robustlab.evaluate import evaluate_model
+    from robustlab.train.distributed import is_main
 
     validate_config(cfg)
     run_id = cfg.hash()
@@ -181,6 +182,8 @@ def run_experiment(
         t_train = time.perf_counter()
         history = trainer.fit(train_set, val_set, test=test_set if cfg.evaluate.per_epoch_test else None)
         train_seconds = time.perf_counter() - t_train
+        if not is_main():  # torchrun rank > 0: trained alongside rank 0, which saves and evaluates
+            return {}
         model = model.cpu()
         models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
         specs = cfg.evaluate.measurements()
@@ -210,7 +213,8 @@ def run_experiment(
         )
         return metrics
 
-    return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force, fresh=fresh)
+    return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force, fresh=fresh,
+                       every_rank=True)
 
 
 def training_summary(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -259,6 +263,7 @@ def execute_run(
     suite: str | None = None,
     force: bool = False,
     fresh: Callable[[Path], None] | None = None,
+    every_rank: bool = False,
 ) -> RunRecord:
     """Run ``work(artifact_dir) -> metrics`` as the stored run ``run_id``, transactionally.
 
@@ -269,12 +274,21 @@ def execute_run(
     and they are written and the run marked done in one transaction; any exception (an
     interrupt included) marks it failed with the reason and is re-raised, so no row is ever
     left half-written as done.
+
+    Under ``torchrun`` only rank 0 takes the lock and writes the row and the artifacts.
+    The other ranks write nothing: with ``every_rank`` (a training run, whose Trainer needs
+    every rank) they call ``work`` too, which must then write nothing on them; then they
+    wait for rank 0 to mark the run done or failed and return its row.
     """
     existing = store.get(run_id)
     if existing is not None and existing.status == "done" and not force:
         log.info("run %s (%s) is already done; reusing it", run_id[:10], name)
         existing.reused = True
         return existing
+    from robustlab.train.distributed import is_main
+
+    if not is_main():
+        return _follow_main(store, run_id, work if every_rank else None)
     store._check_writable()
     art = store.root / "artifacts" / run_id
 
@@ -300,6 +314,18 @@ def execute_run(
     record = store.get(run_id)
     assert record is not None
     return record
+
+
+def _follow_main(store: ResultsStore, run_id: str, work: Callable[[Path], dict[str, Any]] | None) -> RunRecord:
+    """A torchrun rank > 0: run ``work`` (the training it shares with rank 0) if given,
+    then poll the store until rank 0 has finished the run and return its row."""
+    if work is not None:
+        work(store.root / "artifacts" / run_id)  # its Trainer synchronises with rank 0's
+    while True:
+        record = store.get(run_id)
+        if record is not None and record.status in ("done", "failed"):
+            return record
+        time.sleep(0.5)
 
 
 def evaluate_weights(

@@ -63,9 +63,16 @@ def reliability(probs: torch.Tensor, y: torch.Tensor, *, bins: int = 15) -> dict
     Sec. 2): over ``bins`` equal-width confidence bins on (0, 1] (closed on the right), the
     mean confidence, the accuracy and the number of points in each (None for empty bins).
     ``{"confidence": [...], "accuracy": [...], "count": [...]}``."""
-    check_int(bins, "bins", minimum=1)
     conf, pred = probs.detach().max(1)
-    correct = (pred == y.to(pred.device)).double()
+    return reliability_of(conf, pred == y.to(pred.device), bins=bins)
+
+
+def reliability_of(conf: torch.Tensor, correct: torch.Tensor, *, bins: int = 15) -> dict[str, list[float | int | None]]:
+    """:func:`reliability` from each point's confidence (its top probability, in the
+    dtype the probabilities had) and whether its prediction is correct: the same numbers,
+    for callers that keep these two per-sample arrays instead of every probability."""
+    check_int(bins, "bins", minimum=1)
+    correct = correct.to(conf.device).double()
     # bin b holds conf in (e_b, e_(b+1)] with the edges in conf's own dtype (so 0.8 lands where
     # a comparison with linspace's 0.8 puts it); conf = 0 (impossible for a softmax) joins bin 0
     edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype, device=conf.device)

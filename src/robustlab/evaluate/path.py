@@ -60,6 +60,7 @@ from robustlab.evaluate.metrics import (
     per_class_accuracy,
     predict_logits,
     reliability,
+    reliability_of,
     stage_accuracies,
 )
 from robustlab.evaluate.results import (
@@ -229,12 +230,15 @@ def run_attack(
     generator: torch.Generator,
     amp: bool = False,
     progress: Progress | None = None,
+    pin_batch: bool = False,
 ) -> list[list[AttackResult]]:
     """Run ``attack`` over ``(x, y)`` in batches for every threat model of one norm.
 
     Batches go to the model's device; results come back on CPU, one list per batch
     (each a list with one :class:`AttackResult` per threat). On a CUDA out-of-memory
-    error the batch size is halved and the batch retried.
+    error the batch size is halved and the batch retried, unless ``pin_batch`` (a sharded
+    evaluation, whose results must not depend on the memory of the device): then the
+    error says to choose a smaller batch size.
     """
     dev = model_device(model) or x.device
     bs = batch_size
@@ -245,6 +249,12 @@ def run_attack(
         try:
             res = attack(model, xb, yb, list(threats), generator=generator, amp=amp)
         except torch.cuda.OutOfMemoryError:
+            if pin_batch:
+                torch.cuda.empty_cache()
+                raise ConfigError(
+                    f"the device ran out of memory at the pinned batch size {bs}; pass a smaller --batch-size "
+                    f"(batch_size=) that divides the chunk size (halving it would change the results)."
+                ) from None
             if bs == 1:
                 raise
             bs = max(1, bs // 2)
@@ -277,13 +287,16 @@ def _measure(
     keep_adversarials: bool,
     num_classes: int,
     progress: Progress | None,
+    per_sample: bool = False,
+    pin_batch: bool = False,
 ) -> AttackReport:
     """One attack measurement on ``(x, y)`` at every budget, audited: the work behind
-    every row."""
+    every row. ``per_sample``: also keep, per eps, which stage broke each point and the
+    confidence and prediction on its attacked input (what a sharded evaluation merges)."""
     dev = model_device(model) or x.device
     t0 = time.perf_counter()
     batches = run_attack(model, x, y, threats, atk, batch_size=batch_size, generator=generator, amp=amp,
-                         progress=progress)
+                         progress=progress, pin_batch=pin_batch)
     seconds = time.perf_counter() - t0
     y_cpu = y.detach().cpu().long()
     results: list[EpsResult] = []
@@ -296,6 +309,9 @@ def _measure(
     black_box: list[bool] = []
     broken_totals: list[int] = []
     largest = max(t.eps for t in threats)
+    kept_broken: dict[float, torch.Tensor] = {}
+    kept_conf: dict[float, torch.Tensor] = {}
+    kept_pred: dict[float, torch.Tensor] = {}
     for k, t in enumerate(threats):
         rs = [b[k] for b in batches]
         robust = torch.cat([r.robust for r in rs])
@@ -312,7 +328,10 @@ def _measure(
             advs[t.eps] = x_adv
         # calibration on the attacked inputs (one forward pass per budget)
         adv_probs = predict_logits(model, x_adv, batch_size=batch_size).float().softmax(1).cpu()
-        per_class = per_class_accuracy(torch.where(robust, y_cpu, -1), y_cpu, num_classes)
+        if per_sample:
+            kept_conf[t.eps], kept_pred[t.eps] = adv_probs.max(1)
+            if broken is not None:
+                kept_broken[t.eps] = broken
         sf: dict[str, int] = {}
         sb: dict[str, int] = {}
         ss: dict[str, float] = {}
@@ -323,21 +342,12 @@ def _measure(
                 ss[s] = ss.get(s, 0.0) + float(r.info["stage_seconds"][j])
         if broken is not None and stages and t.eps == largest:
             broken_totals = [int(((broken == j) & clean_correct).sum()) for j in range(len(stages))]
-        results.append(
-            EpsResult(
-                eps=t.eps,
-                robust_accuracy=int(robust.sum()) / len(robust),
-                per_attack=stage_accuracies(clean_correct, robust, broken, stages, name),
-                per_class=per_class,
-                forwards=sum(r.forwards for r in rs),
-                backwards=sum(r.backwards for r in rs),
-                seconds=sum(r.seconds for r in rs),
-                stage_forwards=sf,
-                stage_backwards=sb,
-                stage_seconds=ss,
-                reliability=reliability(adv_probs, y_cpu),
-            )
-        )
+        results.append(eps_result(
+            t.eps, robust, clean_correct, broken, stages, name, y_cpu, num_classes,
+            forwards=sum(r.forwards for r in rs), backwards=sum(r.backwards for r in rs),
+            seconds=sum(r.seconds for r in rs), stage_forwards=sf, stage_backwards=sb, stage_seconds=ss,
+            diagram=reliability(adv_probs, y_cpu),
+        ))
     clean_acc = int(clean_correct.sum()) / len(clean_correct)
     clean_pc = per_class_accuracy(torch.where(clean_correct, y_cpu, -1), y_cpu, num_classes)
     t1 = time.perf_counter()
@@ -387,6 +397,33 @@ def _measure(
         robust=robust_masks,
         clean_correct=clean_correct,
         x_adv=advs,
+        broken_by=kept_broken if per_sample else None,
+        adv_confidence=kept_conf if per_sample else None,
+        adv_pred=kept_pred if per_sample else None,
+    )
+
+
+def eps_result(
+    eps: float, robust: torch.Tensor, clean_correct: torch.Tensor, broken: torch.Tensor | None, stages: list[str],
+    name: str, y: torch.Tensor, num_classes: int, *, forwards: int, backwards: int, seconds: float,
+    stage_forwards: dict[str, int], stage_backwards: dict[str, int], stage_seconds: dict[str, float],
+    diagram: dict[str, list[Any]] | None,
+) -> EpsResult:
+    """The numbers of one budget from its per-sample arrays (``robust``, ``clean_correct``,
+    ``broken``: the stage that broke each point, -1 for none) and its counts; written once
+    for :func:`evaluate` and the merge of a sharded evaluation."""
+    return EpsResult(
+        eps=eps,
+        robust_accuracy=int(robust.sum()) / len(robust),
+        per_attack=stage_accuracies(clean_correct, robust, broken, stages, name),
+        per_class=per_class_accuracy(torch.where(robust, y, -1), y, num_classes),
+        forwards=forwards,
+        backwards=backwards,
+        seconds=seconds,
+        stage_forwards=stage_forwards,
+        stage_backwards=stage_backwards,
+        stage_seconds=stage_seconds,
+        reliability=diagram,
     )
 
 
@@ -464,18 +501,8 @@ def evaluate(
     clean_metrics: dict[str, Any] = {"num_test": n}
     records: dict[str, np.ndarray] = {"index": np.arange(n), "label": y.cpu().numpy()}
     if clean and logits is not None:
-        probs = logits.softmax(1)
-        conf, pred = probs.max(1)
-        yd = y.to(pred.device)
-        diagram = reliability(probs, yd)
-        clean_metrics.update(
-            {
-                "clean_accuracy": float((pred == yd).float().mean()),
-                "ece": ece_of(diagram),
-                "per_class_accuracy": per_class_accuracy(pred, yd, k),
-                "reliability": diagram,
-            }
-        )
+        conf, pred = logits.softmax(1).max(1)
+        clean_metrics.update(clean_summary(pred, conf, y, k))
         records["pred"] = pred.cpu().numpy()
         records["confidence"] = conf.cpu().numpy()
     rows: list[ResultRow] = []
@@ -554,23 +581,7 @@ def evaluate(
                 reports.append(rep)
                 attack_seconds.append({"attack": name, "norm": rep.norm, "seconds": rep.seconds,
                                        "audit_seconds": rep.audit_seconds})
-                pset = point_set_id(idx, n)
-                flags, codes = rep.flag_strings(), [f.code for f in rep.flags]
-                for r in rep.results:
-                    rows.append(
-                        ResultRow(
-                            attack=name, norm=rep.norm, eps=r.eps, accuracy=r.robust_accuracy,
-                            num_points=len(idx), num_total=n, point_set=pset, protocol=rep.protocol,
-                            params=rep.params, stages=list(rep.stages), per_attack=dict(r.per_attack),
-                            per_class=r.per_class, forwards=r.forwards, backwards=r.backwards,
-                            subset=m.subset, flags=list(flags), flag_codes=list(codes),
-                            extra=({"ece": ece_of(r.reliability), "reliability": r.reliability}
-                                   if r.reliability is not None else {}),
-                        )
-                    )
-                    rec = np.full(n, -1, dtype=np.int8)
-                    rec[idx.numpy()] = rep.robust[r.eps].numpy().astype(np.int8)
-                    records[f"robust/{name}/{rep.norm}/{r.eps:g}"] = rec
+                rows.extend(attack_rows(m, name, rep, idx, n, records))
                 accs = ", ".join(f"eps={r.eps:.4g} {100 * r.robust_accuracy:.1f}%" for r in rep.results)
                 if progress is not False:
                     bar.note(f"{name} {rep.norm} on {len(idx)} of {n} points: robust {accs} "
@@ -587,6 +598,44 @@ def evaluate(
         attack_seconds=attack_seconds,
         threads=used_threads,
     )
+
+
+def clean_summary(pred: torch.Tensor, conf: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Clean accuracy, ECE, per-class accuracy and the reliability diagram from each point's
+    prediction and confidence (the top softmax probability)."""
+    yd = y.to(pred.device)
+    diagram = reliability_of(conf, pred == yd)
+    return {
+        "clean_accuracy": float((pred == yd).float().mean()),
+        "ece": ece_of(diagram),
+        "per_class_accuracy": per_class_accuracy(pred, yd, num_classes),
+        "reliability": diagram,
+    }
+
+
+def attack_rows(m: Measurement, name: str, rep: AttackReport, idx: torch.Tensor, n: int,
+                records: dict[str, np.ndarray]) -> list[ResultRow]:
+    """One row of kind ``attack`` per budget of a measurement's report and the per-point
+    records ``robust/<attack>/<norm>/<eps>`` (1 robust, 0 not, -1 not measured)."""
+    pset = point_set_id(idx, n)
+    flags, codes = rep.flag_strings(), [f.code for f in rep.flags]
+    rows = []
+    for r in rep.results:
+        rows.append(
+            ResultRow(
+                attack=name, norm=rep.norm, eps=r.eps, accuracy=r.robust_accuracy,
+                num_points=len(idx), num_total=n, point_set=pset, protocol=rep.protocol,
+                params=rep.params, stages=list(rep.stages), per_attack=dict(r.per_attack),
+                per_class=r.per_class, forwards=r.forwards, backwards=r.backwards,
+                subset=m.subset, flags=list(flags), flag_codes=list(codes),
+                extra=({"ece": ece_of(r.reliability), "reliability": r.reliability}
+                       if r.reliability is not None else {}),
+            )
+        )
+        rec = np.full(n, -1, dtype=np.int8)
+        rec[idx.numpy()] = rep.robust[r.eps].numpy().astype(np.int8)
+        records[f"robust/{name}/{rep.norm}/{r.eps:g}"] = rec
+    return rows
 
 
 def _certify_rows(

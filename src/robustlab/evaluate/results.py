@@ -199,7 +199,7 @@ class AttackReport:
     of one attack measurement.
 
     ``robust`` maps each eps to the per-sample robust mask (CPU); ``x_adv`` (when kept)
-    maps each eps to the adversarial inputs. :meth:`to_dict` leaves both out.
+    maps each eps to the adversarial inputs. :meth:`to_dict` leaves the tensors out.
     """
 
     attack: str
@@ -223,6 +223,12 @@ class AttackReport:
     robust: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
     clean_correct: torch.Tensor | None = field(default=None, repr=False)
     x_adv: dict[float, torch.Tensor] | None = field(default=None, repr=False)
+    #: per eps, when asked for (``per_sample``; a sharded evaluation merges them): the stage
+    #: that broke each point (-1: none; ensembles only), and the confidence and prediction
+    #: on each attacked input
+    broken_by: dict[float, torch.Tensor] | None = field(default=None, repr=False)
+    adv_confidence: dict[float, torch.Tensor] | None = field(default=None, repr=False)
+    adv_pred: dict[float, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def eps(self) -> list[float]:

@@ -29,7 +29,7 @@ from torch import nn
 from robustlab.corruptions import COMMON, EXTRA, SEVERITIES, check_severity, corrupt
 from robustlab.corruptions import get as get_corruption
 from robustlab.errors import ConfigError
-from robustlab.evaluate.metrics import ece_of, per_class_accuracy, predict_logits, reliability
+from robustlab.evaluate.metrics import ece_of, per_class_accuracy, predict_logits, reliability_of
 from robustlab.evaluate.results import ResultRow, point_set_id
 from robustlab.progress import Progress
 from robustlab.seeding import derive_seed
@@ -81,6 +81,73 @@ def corruption_measurements(
             for n in corruption_names(names)]
 
 
+def corruption_predictions(
+    model: nn.Module,
+    x: torch.Tensor,
+    name: str,
+    severity: int,
+    idx: torch.Tensor,
+    *,
+    seed: int,
+    num_classes: int,
+    batch_size: int,
+    params: Any = None,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each point's prediction and confidence (top softmax probability) on its corrupted
+    copy at ``severity`` (``idx``: the points' indices in the split; they decide the
+    chunk generators, see the module docstring)."""
+    entry = get_corruption(name)
+    chunk_of = idx // CHUNK
+    keys = torch.unique(chunk_of).tolist()
+    groups = [torch.nonzero(chunk_of == k).reshape(-1) for k in keys]
+    logits = torch.empty(len(x), num_classes)
+    for k, pos in zip(keys, groups, strict=True):
+        gen = torch.Generator().manual_seed(derive_seed("corruption", seed, entry.name, severity, k))
+        for j in range(0, len(pos), batch_size):
+            part = pos[j : j + batch_size]
+            xc = corrupt(x[part], entry.name, severity, generator=gen, params=params)
+            logits[part] = predict_logits(model, xc, batch_size=batch_size).float().cpu()
+            if progress is not None:
+                progress.advance(len(part))
+    probs = logits.softmax(1)
+    return probs.argmax(1), probs.max(1).values
+
+
+def corruption_row(
+    name: str,
+    severity: int,
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    n: int,
+    num_classes: int,
+    params: Any = None,
+    subset: int | None = None,
+    records: dict[str, np.ndarray] | None = None,
+) -> ResultRow:
+    """The row of kind ``"corruption"`` for one severity from each measured point's
+    prediction and confidence, and its record ``corruption/<name>/<severity>``."""
+    entry = get_corruption(name)
+    y_cpu = y.detach().cpu().long()
+    correct = pred == y_cpu
+    diagram = reliability_of(conf, correct)
+    if records is not None:
+        rec = np.full(n, -2, dtype=np.int8)
+        rec[idx.numpy()] = correct.numpy().astype(np.int8)
+        records[f"corruption/{entry.name}/{severity}"] = rec
+    return ResultRow(
+        attack=entry.name, norm="severity", eps=float(severity), accuracy=int(correct.sum()) / len(correct),
+        num_points=len(idx), num_total=n, point_set=point_set_id(idx, n), protocol=PROTOCOL,
+        params={"family": entry.family, **({"params": params} if params is not None else {})},
+        stages=[entry.name], per_attack={}, per_class=per_class_accuracy(pred, y_cpu, num_classes),
+        forwards=len(idx), backwards=0, subset=subset, kind="corruption",
+        extra={"family": entry.family, "ece": ece_of(diagram), "reliability": diagram},
+    )
+
+
 def corruption_rows(
     model: nn.Module,
     x: torch.Tensor,
@@ -101,39 +168,12 @@ def corruption_rows(
     """Rows of kind ``"corruption"`` for ``name`` at ``severities`` on the points ``x[i]``
     (``idx``: their indices in the split of ``n`` points), and per-point records
     ``corruption/<name>/<severity>`` (1 correct, 0 wrong, -2 not measured)."""
-    entry = get_corruption(name)
-    y_cpu = y.detach().cpu().long()
-    chunk_of = idx // CHUNK
-    keys = torch.unique(chunk_of).tolist()
-    groups = [torch.nonzero(chunk_of == k).reshape(-1) for k in keys]
-    pset = point_set_id(idx, n)
     rows = []
     for sev in severities:
-        logits = torch.empty(len(x), num_classes)
-        for k, pos in zip(keys, groups, strict=True):
-            gen = torch.Generator().manual_seed(derive_seed("corruption", seed, entry.name, sev, k))
-            for j in range(0, len(pos), batch_size):
-                part = pos[j : j + batch_size]
-                xc = corrupt(x[part], entry.name, sev, generator=gen, params=params)
-                logits[part] = predict_logits(model, xc, batch_size=batch_size).float().cpu()
-                if progress is not None:
-                    progress.advance(len(part))
-        probs = logits.softmax(1)
-        pred = probs.argmax(1)
-        correct = pred == y_cpu
-        diagram = reliability(probs, y_cpu)
-        rows.append(ResultRow(
-            attack=entry.name, norm="severity", eps=float(sev), accuracy=int(correct.sum()) / len(correct),
-            num_points=len(idx), num_total=n, point_set=pset, protocol=PROTOCOL,
-            params={"family": entry.family, **({"params": params} if params is not None else {})},
-            stages=[entry.name], per_attack={}, per_class=per_class_accuracy(pred, y_cpu, num_classes),
-            forwards=len(idx), backwards=0, subset=subset, kind="corruption",
-            extra={"family": entry.family, "ece": ece_of(diagram), "reliability": diagram},
-        ))
-        if records is not None:
-            rec = np.full(n, -2, dtype=np.int8)
-            rec[idx.numpy()] = correct.numpy().astype(np.int8)
-            records[f"corruption/{entry.name}/{sev}"] = rec
+        pred, conf = corruption_predictions(model, x, name, sev, idx, seed=seed, num_classes=num_classes,
+                                            batch_size=batch_size, params=params, progress=progress)
+        rows.append(corruption_row(name, sev, pred, conf, y, idx, n=n, num_classes=num_classes, params=params,
+                                   subset=subset, records=records))
     return rows
 
 
@@ -144,5 +184,7 @@ __all__ = [
     "check_severities",
     "corruption_measurements",
     "corruption_names",
+    "corruption_predictions",
+    "corruption_row",
     "corruption_rows",
 ]

@@ -48,6 +48,7 @@ from robustlab.models.io import (
     weights_sha256,
 )
 from robustlab.models.layers import Normalize, ZooModel, count_parameters
+from robustlab.models.mixed import MixedClassifier, mix  # noqa: F401  (registers 'mixed')
 from robustlab.models.registry import (
     available,
     channel_stats,

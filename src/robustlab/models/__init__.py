@@ -38,6 +38,7 @@ from robustlab.models import (  # noqa: F401  (import registers the models)
     small_cnn,
     wide_resnet,
 )
+from robustlab.models.ensemble import Ensemble  # noqa: F401  (registers 'ensemble')
 from robustlab.models.io import (
     convert_checkpoint,
     file_sha256,

@@ -12,7 +12,7 @@ Adversarial training is an objective like any other (see :mod:`robustlab.train.a
 
 from __future__ import annotations
 
-from robustlab.train import adversarial, noisy  # noqa: F401  (register their objectives)
+from robustlab.train import adversarial, dverge, noisy, pubdef  # noqa: F401  (register their objectives)
 from robustlab.train.adversarial import (
     AAER,
     AWP,

@@ -59,6 +59,7 @@ from robustlab.evaluate.metrics import clean_accuracy
 from robustlab.progress import Progress, format_seconds, is_terminal
 from robustlab.seeding import derive_seed
 from robustlab.threads import thread_budget
+from robustlab.train import distributed
 from robustlab.train.adversarial.base import check_eps
 from robustlab.train.augment import build_augmentation
 from robustlab.train.ema import WeightEMA
@@ -90,6 +91,10 @@ DEFAULT_VAL_PGD = {"steps": 10, "rel_step_size": 0.25}
 #: at most this many training points (a fixed seeded subset) are predicted after each epoch
 #: to tell whether training is at chance (see :func:`robustlab.train.monitors.chance_check`)
 CHANCE_POINTS = 512
+NON_FINITE_LOSS = (
+    "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
+    "or check the data for extreme values."
+)
 
 
 def _is_count(metric: str) -> bool:
@@ -272,6 +277,7 @@ class Trainer:
         self.resumed_from_epoch = 0
         self.threads_used: int | None = None
         self._snapshot_before: dict[str, Any] | None = None  # weights an epoch began with (for a rollback)
+        self._world = distributed.World()  # this process's rank (set by fit under torchrun)
         self._reset_run_state()
 
     def _init_validation(
@@ -334,23 +340,27 @@ class Trainer:
         settings that cannot work together) is refused before the first step.
         """
         val_threat = self._check_inputs(train, val, test)
-        self.model.to(self.device)
-        probe = train.x[: self.batch_size].to(self.device)
-        with thread_budget(self.model, probe, threads=self.threads) as threads:
-            self.threads_used = threads
-            run = self._prepare(train, val_threat)
-            for epoch in range(run.start, self.epochs):
-                if self.stop_reason is not None:
-                    break
-                with Progress(f"epoch {epoch + 1}/{self.epochs}", run.steps_per_epoch, show=run.show) as bar:
-                    t0 = time.perf_counter()
-                    with self._epoch_rng(epoch):
-                        record = self._train_epoch(run, train, epoch, bar)
-                        rolled_back = self._end_epoch(run, train, epoch, record)
-                        if val is not None and not rolled_back:
-                            self._validate_and_select(run, val, epoch, record)
-                    self._finish_epoch(run, epoch, record, test, bar, t0)
-            self._finish()
+        with distributed.session(self.device) as world:
+            self._world = world
+            self.device = distributed.device_for(self.device, world)  # cuda -> cuda:LOCAL_RANK
+            self.model.to(self.device)
+            probe = train.x[: self.batch_size].to(self.device)
+            with thread_budget(self.model, probe, threads=self.threads) as threads:
+                self.threads_used = threads
+                run = self._prepare(train, val_threat)
+                for epoch in range(run.start, self.epochs):
+                    if self.stop_reason is not None:
+                        break
+                    with Progress(f"epoch {epoch + 1}/{self.epochs}", run.steps_per_epoch, show=run.show) as bar:
+                        t0 = time.perf_counter()
+                        with self._epoch_rng(epoch):
+                            record = self._train_epoch(run, train, epoch, bar)
+                            rolled_back = self._end_epoch(run, train, epoch, record)
+                            if val is not None and not rolled_back:
+                                self._validate_and_select(run, val, epoch, record)
+                        self._finish_epoch(run, epoch, record, test, bar, t0)
+                self._finish()
+            distributed.barrier()  # when fit returns on any rank, rank 0's files are written
         return self.history
 
     def _check_inputs(self, train: Dataset, val: Dataset | None, test: Dataset | None) -> Any:
@@ -365,6 +375,12 @@ class Trainer:
             raise ConfigError(f"select={self.select!r} needs validation data: call fit(train, val).")
         val_threat = self._resolve_val_threat() if val is not None else None
         self.objective.check_training(self.epochs)
+        w = distributed.world()
+        if w.distributed and min(self.batch_size, len(train)) < w.size:
+            raise ConfigError(
+                f"{w.size} ranks share each batch of {min(self.batch_size, len(train))} rows, so some would get "
+                f"none: raise batch_size (the global batch) to at least {w.size}, or start fewer ranks."
+            )
         return val_threat
 
     def _prepare(self, train: Dataset, val_threat: Any) -> _Run:
@@ -380,16 +396,26 @@ class Trainer:
         channels_last = self.channels_last and images and self.device.type == "cuda"
         if channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # every rank starts from rank 0's weights (as DDP does), however each initialised them
+        distributed.broadcast_tensors(distributed.module_tensors(self._modules()))
         self.objective.setup(len(train), train.num_classes)
         self.optimizer = self._make_optimizer()
         self._reset_run_state()
         self.scaler = torch.amp.GradScaler("cuda") if self._cuda_amp() and self.amp == "fp16" else None
         if self.ema_decay is not None:
             self.ema = WeightEMA(self.model, self.ema_decay)
-        start = self._load_checkpoint()
+        distributed.barrier()  # rank 0 has finished any write before a rank reads last.pt
+        start = self._load_checkpoint()  # every rank reads rank 0's checkpoint
+        distributed.check_same(start, "the epoch to resume from")
         self.resumed_from_epoch = start
-        if start:
+        if start and self._world.is_main:
             log.info("resuming from epoch %d (%s)", start, self._checkpoint_path())
+        if self._world.distributed and self._world.is_main and getattr(self.objective, "needs_indices", False):
+            log.warning(
+                "%s keeps per-sample state: under torchrun each rank updates the rows of its own part of "
+                "each batch and checkpoints keep rank 0's copy, so it is not the single-process state.",
+                type(self.objective).__name__,
+            )
         n = len(train)
         steps_per_epoch = math.ceil(n / self.batch_size)
         end_epoch = getattr(self.objective, "end_epoch", None)
@@ -404,7 +430,7 @@ class Trainer:
             n=n,
             steps_per_epoch=steps_per_epoch,
             total_steps=steps_per_epoch * self.epochs,
-            show=self.progress if self.progress is not None else is_terminal(),
+            show=self._world.is_main and (self.progress if self.progress is not None else is_terminal()),
             end_epoch=end_epoch,
             memory_format=torch.channels_last if channels_last else None,
             val_threat=val_threat,
@@ -416,16 +442,18 @@ class Trainer:
     def _epoch_rng(self, epoch: int) -> Iterator[None]:
         """The global RNG (dropout) seeded for ``epoch``; the caller's state is restored."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(derive_seed("global", self.seed, epoch))
+            torch.manual_seed(distributed.rank_seed("global", self.seed, epoch, self._world))
             yield
 
     def _train_epoch(self, run: _Run, train: Dataset, epoch: int, bar: Progress) -> dict[str, Any]:
         """One pass over the shuffled training set; returns the epoch's record so far
         (``epoch``, ``lr``, ``seconds``, ``train_<metric>``, ``samples_per_s``)."""
+        w = self._world
+        # the same permutation (so the same global batches) on every rank
         order = torch.randperm(run.n, generator=torch.Generator().manual_seed(derive_seed("epoch", self.seed, epoch)))
-        obj_gen = torch.Generator(device=self.device).manual_seed(derive_seed("objective", self.seed, epoch))
+        obj_gen = torch.Generator(device=self.device).manual_seed(distributed.rank_seed("objective", self.seed, epoch, w))
         self.objective.start_epoch(epoch, obj_gen)
-        aug_gen = torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch))
+        aug_gen = torch.Generator().manual_seed(distributed.rank_seed("augment", self.seed, epoch, w))
         self._snapshot_before = self._snapshot() if run.end_epoch is not None else None
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -433,21 +461,26 @@ class Trainer:
         lr = self.lr
         self._train_mode(True)
         for b in range(run.steps_per_epoch):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            global_idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            lo, hi = distributed.shard(len(global_idx), w.rank, w.size)
+            idx = global_idx[lo:hi]  # this rank's contiguous part of the global batch
             xb = train.x[idx].to(self.device, non_blocking=True)
-            if self.augmentation is not None:
+            if self.augmentation is not None and len(idx):
                 xb = self.augmentation(xb, aug_gen)
             if run.memory_format is not None:
                 xb = xb.contiguous(memory_format=run.memory_format)
             yb = train.y[idx].to(self.device, non_blocking=True)
             lr = self._set_lr(epoch * run.steps_per_epoch + b, run.total_steps, run.steps_per_epoch)
             self.objective.set_progress(epoch + b / run.steps_per_epoch, self.epochs)
-            metrics = self._step(xb, yb, idx.to(self.device))
+            metrics = self._step(xb, yb, idx.to(self.device), global_size=len(global_idx))
             bs = len(idx)
             count += bs
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + (v if _is_count(k) else v * bs)
-            bar.advance(loss=sums["loss"] / count, acc=sums.get("accuracy", float("nan")) / count)
+            bar.advance(loss=sums.get("loss", float("nan")) / max(count, 1),
+                        acc=sums.get("accuracy", float("nan")) / max(count, 1))
+        if w.distributed:
+            sums, count = self._reduce_metrics(sums, count)
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
         record.update({f"train_{k}": (v if _is_count(k) else v / count) for k, v in sums.items()})
@@ -455,9 +488,51 @@ class Trainer:
         self._train_mode(False)
         return record
 
+    def _reduce_metrics(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+        """The epoch's metric sums and sample count over all ranks (rank 0's metric names)."""
+        keys = distributed.broadcast_json(sorted(sums))
+        vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(count)], dtype=torch.float64)
+        distributed.all_reduce_sum(vec)
+        values = vec.tolist()
+        return dict(zip(keys, values[:-1])), int(round(values[-1]))
+
     def _end_epoch(self, run: _Run, train: Dataset, epoch: int, record: dict[str, Any]) -> bool:
         """The objective's end-of-epoch verdict (metrics, stop, rollback to the weights the
-        epoch began with), then the training-at-chance check. Returns whether it rolled back."""
+        epoch began with), then the training-at-chance check. Returns whether it rolled back.
+
+        Under torchrun the BatchNorm running statistics are first averaged over ranks, then
+        rank 0 alone runs these checks and sends its record, stop reason and rollback to the
+        other ranks, which follow it; every rank then holds rank 0's weights (and EMA)."""
+        if not self._world.distributed:
+            rolled_back = self._epoch_checks(run, train, epoch, record)
+            self._snapshot_before = None
+            return rolled_back
+        distributed.average_buffers(self._modules())
+        rolled_back = self._epoch_checks(run, train, epoch, record) if self._world.is_main else False
+        decision = distributed.broadcast_json(
+            {"record": record, "stop_reason": self.stop_reason, "rolled_back": rolled_back}
+        )
+        if not self._world.is_main:
+            record.clear()
+            record.update(decision["record"])
+            self.stop_reason = decision["stop_reason"]
+            if decision["rolled_back"]:
+                assert self._snapshot_before is not None
+                self._rollback(self._snapshot_before)
+        self._snapshot_before = None
+        self._broadcast_weights()
+        return bool(decision["rolled_back"])
+
+    def _broadcast_weights(self) -> None:
+        """Every rank takes rank 0's weights, buffers and EMA (identical already, by
+        construction: this guards against any drift)."""
+        tensors = distributed.module_tensors(self._modules())
+        if self.ema is not None:
+            tensors += distributed.state_of(self.ema.shadow)
+        distributed.broadcast_tensors(tensors)
+
+    def _epoch_checks(self, run: _Run, train: Dataset, epoch: int, record: dict[str, Any]) -> bool:
+        """The objective's verdict and the training-at-chance check (one process, or rank 0)."""
         rolled_back = False
         if run.end_epoch is not None:
             verdict = run.end_epoch(self.model, epoch)
@@ -471,7 +546,6 @@ class Trainer:
                     rolled_back = True
                 if verdict.action is not None:
                     self.stop_reason = verdict.reason or f"{type(self.objective).__name__} stopped training"
-        self._snapshot_before = None
         if epoch + 1 > run.warmup_end:
             flag = self._check_at_chance(run, train, epoch)
             if flag is not None:
@@ -517,21 +591,54 @@ class Trainer:
         """Test accuracy (watched only), the history record, one progress line, the
         checkpoint and the callbacks."""
         if test is not None:
-            record["test_accuracy"] = clean_accuracy_of(self.model, test.x, test.y, device=self.device)
+            record["test_accuracy"] = self._global_accuracy(
+                test.x, test.y, lambda x, y: clean_accuracy_of(self.model, x, y, device=self.device)
+            )
+        if self._world.distributed:
+            self._follow_main(record)
+        main = self._world.is_main
         if self.stop_reason is not None:
             record["stopped"] = self.stop_reason
-            log.warning("%s", self.stop_reason)
+            if main:
+                log.warning("%s", self.stop_reason)
         for flag in record.get("flags", []):
             previous = self.history[-1].get("flags", []) if self.history else []
-            if flag.split(":")[0] not in [f.split(":")[0] for f in previous]:
+            if main and flag.split(":")[0] not in [f.split(":")[0] for f in previous]:
                 log.warning("%s", flag)
         self.history.append(record)
-        log.debug("epoch %d: %s", epoch + 1, record)
         run.epoch_seconds.append(time.perf_counter() - t0)
-        bar.note(self._epoch_line(run, epoch, record))
-        self.save_checkpoint(epoch + 1)
+        if main:
+            log.debug("epoch %d: %s", epoch + 1, record)
+            bar.note(self._epoch_line(run, epoch, record))
+        self.save_checkpoint(epoch + 1)  # rank 0 only
         for cb in self.callbacks:
             cb(self, record)
+
+    def _follow_main(self, record: dict[str, Any]) -> None:
+        """Every rank takes rank 0's record and run state (stop reason, patience, best
+        epoch): the same inputs give the same decisions on every rank already; this makes
+        sure no rank ever decides differently and waits in a collective the others skip."""
+        state = {
+            "record": record,
+            "stop_reason": self.stop_reason,
+            "since_best": self.since_best,
+            "best": None if self.best is None else {k: v for k, v in self.best.items() if k != "model"},
+        }
+        state = distributed.broadcast_json(state)
+        if self._world.is_main:
+            return
+        record.clear()
+        record.update(state["record"])
+        self.stop_reason = state["stop_reason"]
+        self.since_best = int(state["since_best"])
+        best = state["best"]
+        if best is None:
+            self.best = None
+        elif self.best is None or self.best["epoch"] != best["epoch"]:
+            weights = self.ema.shadow if self.ema is not None else self.model.state_dict()
+            self.best = {**best, "model": {k: v.detach().clone() for k, v in weights.items()}}
+        else:
+            self.best.update(best)
 
     def _epoch_line(self, run: _Run, epoch: int, record: dict[str, Any]) -> str:
         """``epoch 3/40  loss 0.412  acc 88.1%  val 90.2%  val-robust 61.0%  1.2 s  ETA 44 s``."""
@@ -607,31 +714,48 @@ class Trainer:
             g["lr"] = lr
         return lr
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
+    def _step(
+        self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor, *, global_size: int | None = None
+    ) -> dict[str, float]:
+        """One optimiser step on the batch ``(xb, yb)`` (rows ``idx`` of the training set).
+
+        Under torchrun ``xb`` is this rank's part of a global batch of ``global_size`` rows
+        (possibly empty): the loss is the sum of this part's per-sample losses divided by
+        ``global_size``, and the gradients are summed over ranks before the step, so the
+        step is the single-process step on the global batch (the mean over its rows) up to
+        float summation order. Returned metrics are means over this rank's part."""
         assert self.optimizer is not None
-        with self._autocast():
-            per_sample, metrics = self.objective.loss(self.model, xb, yb, idx)
-        loss = per_sample.float().mean()
+        spread = self._world.distributed
+        computed = len(idx) > 0 or not spread  # a rank whose part is empty only joins the reduction
+        metrics: dict[str, torch.Tensor] = {}
+        if computed:
+            with self._autocast():
+                per_sample, metrics = self.objective.loss(self.model, xb, yb, idx)
+            per_sample = per_sample.float()
+        else:
+            per_sample = torch.zeros(0, device=self.device)
+        loss = per_sample.sum() / max(global_size or 1, 1) if spread else per_sample.mean()
         after_backward = getattr(self.objective, "after_backward", None)
         try:
-            if not torch.isfinite(loss):
-                raise NonFiniteInputError(
-                    "the training loss became NaN/inf; lower the learning rate, enable grad_clip, "
-                    "or check the data for extreme values."
-                )
+            if not spread and not torch.isfinite(loss):
+                raise NonFiniteInputError(NON_FINITE_LOSS)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            if computed:
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
         finally:
-            if callable(after_backward):
+            if computed and callable(after_backward):
                 after_backward(self.model)  # e.g. AWP restores its perturbed weights here
+        if spread:
+            total = distributed.all_reduce_gradients(self._params(), loss.detach())
+            if total is not None and not torch.isfinite(total):
+                raise NonFiniteInputError(NON_FINITE_LOSS)  # on every rank: they share the total
         if self.grad_clip is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            params = [p for m in self._modules() for p in m.parameters()]
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
+            nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -639,7 +763,9 @@ class Trainer:
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        out = {"loss": float(loss.detach())}
+        if not computed:
+            return {}
+        out = {"loss": float(per_sample.detach().mean())}
         for k, v in metrics.items():
             v = v.detach().float()
             out[k] = float(v.sum()) if _is_count(k) else float(v.mean())
@@ -662,6 +788,17 @@ class Trainer:
     def _modules(self) -> list[nn.Module]:
         """The model plus any modules the objective trains alongside it."""
         return [self.model, *self.objective.trainable_modules()]
+
+    def _params(self) -> list[nn.Parameter]:
+        """The trained parameters, each once, in the same order on every rank."""
+        seen: set[int] = set()
+        out: list[nn.Parameter] = []
+        for m in self._modules():
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
 
     def _train_mode(self, mode: bool) -> None:
         for m in self._modules():
@@ -731,7 +868,7 @@ class Trainer:
     def save_checkpoint(self, epoch: int) -> None:
         """Write the full training state after ``epoch`` epochs (atomic)."""
         path = self._checkpoint_path()
-        if path is None or self.optimizer is None:
+        if path is None or self.optimizer is None or not distributed.is_main():
             return
         state = {
             "format": "robustlab-train-checkpoint/1",
@@ -750,7 +887,7 @@ class Trainer:
 
     def _save_best_file(self) -> None:
         """``best.pt``: the selected weights alone, for users (also kept in ``last.pt``)."""
-        if self.checkpoint_dir is None or self.best is None:
+        if self.checkpoint_dir is None or self.best is None or not distributed.is_main():
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
@@ -833,16 +970,39 @@ class Trainer:
         (:func:`robustlab.evaluate.robust_accuracy`) with a generator seeded per epoch."""
         out: dict[str, float] = {}
         with self._evaluation_weights():
-            out["val_accuracy"] = clean_accuracy_of(self.model, val.x, val.y, device=self.device)
+            out["val_accuracy"] = self._global_accuracy(
+                val.x, val.y, lambda x, y: clean_accuracy_of(self.model, x, y, device=self.device)
+            )
             if robust and self.val_attack is not None:
                 x, y = self._val_subset(val)
-                gen = torch.Generator(device=self.device).manual_seed(derive_seed("val", self.seed, epoch))
-                res = robust_accuracy(
-                    self.model, x, y, threat, self.val_attack, generator=gen,
-                    batch_size=max(self.batch_size, 256), threads=self.threads_used,
-                )
-                out["val_robust_accuracy"] = res.accuracy
+                seed = distributed.rank_seed("val", self.seed, epoch, self._world)
+                attack = self.val_attack
+
+                def robust_acc(xs: torch.Tensor, ys: torch.Tensor) -> float:
+                    gen = torch.Generator(device=self.device).manual_seed(seed)
+                    return robust_accuracy(
+                        self.model, xs, ys, threat, attack, generator=gen,
+                        batch_size=max(self.batch_size, 256), threads=self.threads_used,
+                    ).accuracy
+
+                out["val_robust_accuracy"] = self._global_accuracy(x, y, robust_acc)
         return out
+
+    def _global_accuracy(
+        self, x: torch.Tensor, y: torch.Tensor, measure: Callable[[torch.Tensor, torch.Tensor], float]
+    ) -> float:
+        """``measure(x, y)`` (an accuracy); under torchrun each rank measures its contiguous
+        part of the points and the correct counts are summed, so clean accuracy is exactly
+        the single-process number (attacks draw each rank's random starts from its own
+        generator)."""
+        w = self._world
+        if not w.distributed:
+            return measure(x, y)
+        lo, hi = distributed.shard(len(x), w.rank, w.size)
+        correct = torch.tensor([float(round(measure(x[lo:hi], y[lo:hi]) * (hi - lo))) if hi > lo else 0.0],
+                               dtype=torch.float64)
+        distributed.all_reduce_sum(correct)
+        return float(correct.item()) / len(x)
 
     def _consider_best(self, epoch: int, record: dict[str, Any]) -> None:
         key = "val_robust_accuracy" if self.select == "robust" else "val_accuracy"

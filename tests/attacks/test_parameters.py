@@ -13,7 +13,7 @@ from robustlab.attacks import attacks, create
 from robustlab.errors import ConfigError
 
 # parameters that are not numbers: names and nested specs (checked by their own tests)
-NOT_NUMERIC = {"loss", "members", "attack", "params"}
+NOT_NUMERIC = {"loss", "members", "attack", "params", "surrogates"}
 
 
 def _kind(param: inspect.Parameter) -> str | None:

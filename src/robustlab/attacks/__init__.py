@@ -23,7 +23,7 @@ family, :mod:`~robustlab.attacks.ensemble` and :mod:`~robustlab.attacks.audit`.
 
 from __future__ import annotations
 
-from robustlab.attacks import apgd, cw, ensemble, eot, fab, pgd, square  # noqa: F401  (register the attacks)
+from robustlab.attacks import apgd, cw, ensemble, eot, fab, pgd, square, transfer  # noqa: F401  (register the attacks)
 from robustlab.attacks.apgd import APGDStepSchedule, L1SparsitySchedule, apgd_checkpoints
 from robustlab.attacks.audit import Flag, audit
 from robustlab.attacks.base import (

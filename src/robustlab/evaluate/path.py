@@ -152,6 +152,7 @@ class Measurement:
 
         params = dict(self.params)
         params.pop("shift_params", None)
+        det: Detector
         if isinstance(self.attack, Detector):
             if params:
                 raise ConfigError("detector parameters go with a detector name, not with a Detector object.")
@@ -465,9 +466,15 @@ def evaluate(
     clean: bool = True,
     progress: bool | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk_size: int | None = None,
 ) -> Evaluation:
     """Measure ``model`` on ``(x, y)``: clean accuracy, calibration and per-class accuracy,
     then every measurement (see the module docstring for the protocol).
+
+    ``chunk_size``: evaluate in chunks of that many points in this process, with the
+    canonical chunk-seeded protocol of :func:`robustlab.evaluate.sharded.evaluate_sharded`
+    (which also runs the chunks in a process pool or on Ray, with the same numbers); None
+    (default): the unsharded protocol above.
 
     Returns an :class:`~robustlab.evaluate.results.Evaluation`: ``clean`` metrics, one
     :class:`~robustlab.evaluate.results.ResultRow` per measurement and eps, the full
@@ -483,6 +490,18 @@ def evaluate(
         _batch_size(batch_size, model, x)
     if device is not None:
         model.to(check_device(device))
+    if chunk_size is not None:
+        if generator is not None or keep_adversarials or reference is not None:
+            raise ConfigError("a chunked evaluation seeds each chunk itself and keeps no adversarial examples in "
+                              "memory: drop generator=, keep_adversarials= and reference= (or chunk_size=).")
+        from robustlab.evaluate.sharded import evaluate_sharded
+        from robustlab.threads import parse_threads
+
+        # every chunk runs on a fixed thread count (1 unless threads= says otherwise), as in a pool
+        return evaluate_sharded(model, (x, y), measurements, chunk_size=chunk_size, seed=seed,
+                                batch_size=batch_size, amp=amp, audit_points=audit_points,
+                                num_classes=num_classes, clean=clean, progress=progress,
+                                threads_per_worker=parse_threads(threads) or 1)
     built = [m.build() for m in measurements]
     if reference is None and any(m.kind == "detect" for m in measurements):
         raise ConfigError(

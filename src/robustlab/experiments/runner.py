@@ -351,6 +351,10 @@ def evaluate_weights(
     progress: bool | None = None,
     force: bool = False,
     corruption_baseline: str | None = None,
+    chunk_size: int | None = None,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> tuple[RunRecord, Any]:
     """Evaluate saved weights and store it as a run (suite ``evaluations``): the
     evaluation path (:func:`robustlab.evaluate.evaluate`) on a dataset split.
@@ -367,6 +371,13 @@ def evaluate_weights(
     the weights' sha256 and, for weights a robustlab run wrote, that run's id, name and
     what it trained on. ``corruption_baseline``: a stored run (name or id) whose corruption
     errors normalise CE and mCE (``metrics["corruption"]``); it must exist before anything runs.
+
+    ``chunk_size``: evaluate in chunks of that many points
+    (:func:`robustlab.evaluate.sharded.evaluate_sharded`; part of the settings and the key)
+    on ``backend`` (``"local"``, ``"pool"`` with ``workers``, ``"ray"`` at ``ray_address``;
+    not part of the key: every backend gives the same numbers). Finished chunks are recorded
+    in the store's ``shards`` table and files in the run's artifacts, so an interrupted
+    evaluation redoes only the missing chunks; ``force`` forgets them.
     """
     from robustlab import data as data_mod
     from robustlab.evaluate import Measurement, evaluate
@@ -380,6 +391,15 @@ def evaluate_weights(
     dev = check_device(device or default_device())
     if batch_size != "auto":
         check_int(batch_size, "batch_size", minimum=1)
+    if chunk_size is not None:
+        from robustlab.evaluate.sharded import measurement_dict, pinned_batch_size
+
+        pinned_batch_size(batch_size, chunk_size)  # refuses bad chunk sizes before anything runs
+        for m in measurements:
+            measurement_dict(m)  # refuses what is not sharded (detectors, attack objects)
+    elif backend != "local" or workers is not None or ray_address is not None:
+        raise ConfigError("--backend, --workers and --ray-address run the chunks of a sharded evaluation; "
+                          "pass --chunk-size too.")
     baseline = find_baseline(store, corruption_baseline) if corruption_baseline is not None else None
     net = load_model(weights, factory=factory)
     ds = data_mod.load(data, split, root=root, seed=seed)
@@ -396,16 +416,49 @@ def evaluate_weights(
     }
     if baseline is not None:  # evaluations without a baseline keep their hash
         config["evaluate"]["corruption_baseline"] = baseline.id
+    if chunk_size is not None:  # unsharded evaluations keep their hash; the backend is not part of it
+        config["evaluate"]["chunk_size"] = chunk_size
+    run_id = config_hash(config)
     corr = [s for s in specs if s.get("kind") == "corruption"]
     what = ", ".join([f"{s['attack']} {s['norm']}" for s in specs if s.get("kind") != "corruption"]
                      + ([f"{len(corr)} corruption{'s' * (len(corr) > 1)}"] if corr else []))
     name = f"{Path(weights).name}: {what} on {data}/{split}"
     box: list[Any] = []
 
+    runner_backend = None
+    done = store.get(run_id)
+    if chunk_size is not None and (force or done is None or done.status != "done"):
+        # a missing Ray or an unreachable cluster is refused before a row is stored
+        from robustlab.experiments.backends import get_backend
+
+        runner_backend = get_backend(backend, workers=workers, ray_address=ray_address)
+
+    def evaluation(art: Path) -> Any:
+        if chunk_size is None:
+            return evaluate(net.to(dev), ds.x, ds.y, measurements, seed=seed, batch_size=batch_size, amp=amp,
+                            threads=threads, num_classes=ds.num_classes, progress=progress,
+                            reference=(ref.x, ref.y) if ref is not None else None)
+        from robustlab.evaluate.sharded import ModelSource, PointSource, evaluate_sharded
+
+        if backend == "local":
+            src, pts = ModelSource(module=net.to(dev)), PointSource(x=ds.x, y=ds.y)
+        else:
+            src = ModelSource(weights=str(Path(weights).resolve()), factory=factory, sha256=sha,
+                              device=None if dev.type == "cpu" else str(dev))
+            pts = PointSource(dataset=data, split=split, root=None if root is None else str(Path(root).resolve()),
+                              seed=seed)
+        return evaluate_sharded(src, pts, measurements, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
+                                backend=runner_backend, workdir=art, shard_log=store.shard_log(run_id),
+                                num_classes=ds.num_classes, amp=amp, progress=progress)
+
+    def fresh(art: Path) -> None:
+        import shutil
+
+        store.clear_shards(run_id)
+        shutil.rmtree(art / "chunks", ignore_errors=True)
+
     def work(art: Path) -> dict[str, Any]:
-        ev = evaluate(net.to(dev), ds.x, ds.y, measurements, seed=seed, batch_size=batch_size, amp=amp,
-                      threads=threads, num_classes=ds.num_classes, progress=progress,
-                      reference=(ref.x, ref.y) if ref is not None else None)
+        ev = evaluation(art)
         box.append(ev)
         for k, cert in enumerate(ev.certifications):
             if hasattr(cert.details, "write_tsv"):  # the reference's per-point TSV
@@ -422,7 +475,11 @@ def evaluate_weights(
             "data": {"test": ds.description, "num_test": len(ds)},
         }
 
-    record = execute_run(store, config_hash(config), name, config, work, suite="evaluations", force=force)
+    try:
+        record = execute_run(store, run_id, name, config, work, suite="evaluations", force=force, fresh=fresh)
+    finally:
+        if runner_backend is not None:
+            runner_backend.close()
     return record, (box[0] if box else None)
 
 

@@ -4,7 +4,13 @@ with artifacts (checkpoints, model weights, per-sample records) in a folder besi
 Layout of a results directory::
 
     results.db                  # SQLite, WAL mode
-    artifacts/<run id>/         # train/last.pt, model.safetensors, records.npz
+    artifacts/<run id>/         # train/last.pt, model.safetensors, records.npz,
+                                # chunks/chunk-<id>.npz of a sharded evaluation
+
+The ``shards`` table records the finished chunks of a sharded evaluation (run id, chunk
+id, status ``done``, the path and sha256 of the chunk's ``.npz``), written by the driver
+as each chunk finishes, so an interrupted evaluation redoes only the missing chunks; the
+run's row is still written once, when every chunk is merged.
 
 Every state change is one transaction: a run is marked ``done`` in the same statement
 that writes its metrics, so a crash never leaves a half-written row marked done. A
@@ -55,6 +61,15 @@ CREATE TABLE IF NOT EXISTS runs (
     git_sha TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_suite ON runs (suite);
+CREATE TABLE IF NOT EXISTS shards (
+    run_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done')),
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, chunk)
+);
 """
 
 
@@ -258,6 +273,41 @@ class ResultsStore:
         self._check_writable()
         with self._tx() as conn:
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            conn.execute("DELETE FROM shards WHERE run_id=?", (run_id,))
+
+    # -- shards of a sharded evaluation -----------------------------------------------------
+    def record_shard(self, run_id: str, chunk: int, path: str, sha256: str) -> None:
+        """Record chunk ``chunk`` of ``run_id`` as done (its file at ``path`` is complete and
+        has this sha256); recording it again replaces the entry."""
+        self._check_writable()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO shards (run_id, chunk, status, path, sha256, finished_at)"
+                " VALUES (?, ?, 'done', ?, ?, ?)",
+                (run_id, int(chunk), str(path), sha256, _now()),
+            )
+
+    def shards(self, run_id: str) -> dict[int, tuple[str, str]]:
+        """``{chunk: (path, sha256)}`` of the finished chunks recorded for ``run_id``."""
+        if not self.db_path.exists():
+            return {}
+        with self._connect() as conn:
+            has = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='shards'").fetchone()
+            if has is None:  # a store written before sharded evaluations (opened read-only)
+                return {}
+            rows = conn.execute("SELECT chunk, path, sha256 FROM shards WHERE run_id=? AND status='done'"
+                                " ORDER BY chunk", (run_id,)).fetchall()
+        return {int(c): (str(p), str(h)) for c, p, h in rows}
+
+    def clear_shards(self, run_id: str) -> None:
+        """Forget the recorded chunks of ``run_id`` (a forced rerun computes them all)."""
+        self._check_writable()
+        with self._tx() as conn:
+            conn.execute("DELETE FROM shards WHERE run_id=?", (run_id,))
+
+    def shard_log(self, run_id: str) -> ShardLog:
+        """The finished chunks of ``run_id`` as a sharded evaluation reads and records them."""
+        return ShardLog(self, run_id)
 
     # -- reads -------------------------------------------------------------------------------
     @staticmethod
@@ -324,6 +374,20 @@ class ResultsStore:
             return 0
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+
+@dataclass
+class ShardLog:
+    """The ``shards`` rows of one run (see :func:`robustlab.evaluate.sharded.evaluate_sharded`)."""
+
+    store: ResultsStore
+    run_id: str
+
+    def finished(self) -> dict[int, tuple[str, str]]:
+        return self.store.shards(self.run_id)
+
+    def record(self, chunk: int, path: str, sha256: str) -> None:
+        self.store.record_shard(self.run_id, chunk, path, sha256)
 
 
 def elapsed_since(t0: float) -> float:

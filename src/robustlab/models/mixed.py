@@ -268,7 +268,7 @@ def mix(
             f"mix: the standard model takes inputs {tuple(standard.input_shape)} but the robust "  # type: ignore[arg-type]
             f"model {tuple(robust.input_shape)}; mix models of the same data."  # type: ignore[arg-type]
         )
-    shape = tuple(int(s) for s in standard.input_shape)  # type: ignore[attr-defined]
+    shape = tuple(int(s) for s in getattr(standard, "input_shape"))  # noqa: B009
     in_channels, size = shape[0], (None if len(shape) == 1 else (shape[1], shape[2]))
     net = create(
         "mixed", num_classes=int(standard.num_classes), in_channels=in_channels,  # type: ignore[arg-type]

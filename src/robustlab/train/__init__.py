@@ -34,6 +34,7 @@ from robustlab.train.monitors import (
     EpochVerdict,
     chance_check,
 )
+from robustlab.train.nested_dropout import NestedCoTeaching, NestedDropout
 from robustlab.train.noisy import ELR, ELR_PRESETS, PSKD, CoTeaching
 from robustlab.train.objectives import ERM, Objective, available, create, objectives
 from robustlab.train.schedules import SCHEDULES, lr_factor
@@ -45,6 +46,8 @@ __all__ = [
     "ELR_PRESETS",
     "PSKD",
     "CoTeaching",
+    "NestedCoTeaching",
+    "NestedDropout",
     "AAER",
     "AWP",
     "AdvCompSum",

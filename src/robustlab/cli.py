@@ -73,6 +73,11 @@ WeightsOpt = typer.Option(..., "--model", "-m", help="Weights: robustlab's .safe
 RootOpt = typer.Option(None, help="Dataset folder.")
 EvalDeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 FactoryOpt = typer.Option(None, help="module:function building your model for these weights.")
+# sharded evaluation (evaluate, attack, certify, corrupt): chunk size is part of the stored key, the backend is not
+ChunkOpt = typer.Option(None, "--chunk-size", help="Evaluate in fixed chunks of N points, each seeded by (seed, chunk id); a multiple of the batch size. Part of the stored settings; an interrupted run redoes only missing chunks.")
+BackendOpt = typer.Option("local", "--backend", help="Where chunks run (with --chunk-size): local (this process), pool (spawned processes), ray (pip install \"robustlab[ray]\"). Same numbers on each.")
+WorkersOpt = typer.Option(None, "--workers", help="Processes of --backend pool (default: the cores), or CPUs of a local Ray cluster.")
+RayAddressOpt = typer.Option(None, "--ray-address", help="A running Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local cluster).")
 
 
 def _store(results: Optional[Path]) -> Any:
@@ -323,6 +328,17 @@ def _batch_size_option(batch_size: str) -> int | str:
     return int(batch_size)
 
 
+def _sharding(chunk_size: Optional[int], backend: str, workers: Optional[int], ray_address: Optional[str]) -> dict[str, Any]:
+    """The sharding options of an evaluating command, checked."""
+    from robustlab.errors import ConfigError
+
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be a positive number of points, got {chunk_size}.")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {workers}.")
+    return {"chunk_size": chunk_size, "backend": backend, "workers": workers, "ray_address": ray_address}
+
+
 def _check_subset(subset: Optional[int]) -> Optional[int]:
     from robustlab.validation import check_subset
 
@@ -345,6 +361,11 @@ def evaluate(
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
+    batch_size: str = typer.Option("auto", help="Points per batch, or 'auto'."),
+    chunk_size: Optional[int] = ChunkOpt,
+    backend: str = BackendOpt,
+    workers: Optional[int] = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Evaluate saved weights: clean accuracy, calibration and robust accuracy (stored as a run in suite 'evaluations'; `robustlab attack` prints more detail)."""
     import inspect
@@ -365,7 +386,8 @@ def evaluate(
         params["steps"] = 20
     m = Measurement(attack, norm, _eps_list(eps), params, _check_subset(subset), "cheap")
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=[m],
-                              device=device, factory=_factory(factory), seed=seed, force=force)
+                              device=device, factory=_factory(factory), seed=seed, force=force,
+                              batch_size=_batch_size_option(batch_size), **_sharding(chunk_size, backend, workers, ray_address))
     met = rec.metrics
     _out(f"{data} {split} ({met['num_test']} points): clean accuracy {100 * met['clean_accuracy']:.2f}%, "
          f"ECE {met['ece']:.4f}; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
@@ -421,6 +443,10 @@ def attack(
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
+    chunk_size: Optional[int] = ChunkOpt,
+    backend: str = BackendOpt,
+    workers: Optional[int] = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Robust accuracy under an attack (default: the standard ensemble) per eps, ensemble member and class, with the audit's flags (stored as a run in suite 'evaluations')."""
     import json
@@ -437,6 +463,7 @@ def attack(
         model, store, data=data, split=split, root=root, attack=attack_name, norm=norm, eps=_eps_list(eps),
         subset=_check_subset(subset), batch_size=bs, amp=amp,
         audit=_AUDIT_MODES[audit], device=device, factory=_factory(factory), seed=seed, force=force,
+        **_sharding(chunk_size, backend, workers, ray_address),
     )
     rep = rec.metrics["attack_report"]
     rows = rec.metrics["robust"]
@@ -482,6 +509,10 @@ def certify(
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run a certification that is already stored."),
     seed: int = typer.Option(0),
+    chunk_size: Optional[int] = ChunkOpt,
+    backend: str = BackendOpt,
+    workers: Optional[int] = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Certified accuracy per radius beside the standard attack's robust accuracy at the same radii: randomized smoothing (Cohen et al. 2019; per sigma, L2) or bound propagation (IBP, CROWN-IBP, CROWN, alpha-CROWN; per eps). Stored as a run in suite 'evaluations' (smoothing: per-point TSV beside it)."""
     from robustlab.certify import certifiers, stats
@@ -518,7 +549,8 @@ def certify(
         if compare:
             ms.append(Measurement("standard", norm, budgets, {}, sub, "cheap"))
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
-                              batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force)
+                              batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force,
+                              **_sharding(chunk_size, backend, workers, ray_address))
     met = rec.metrics
     rows = met["robust"]
     npts = rows[0]["num_points"] if rows else met["num_test"]
@@ -545,6 +577,10 @@ def corrupt(
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run an evaluation that is already stored."),
     seed: int = typer.Option(0),
+    chunk_size: Optional[int] = ChunkOpt,
+    backend: str = BackendOpt,
+    workers: Optional[int] = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Accuracy under common corruptions x severities (seeded, tensor-native), mean corruption accuracy and, against a named baseline run, CE/mCE and relative mCE. Stored as a run in suite 'evaluations'."""
     from robustlab.evaluate.shifts import corruption_measurements
@@ -555,7 +591,7 @@ def corrupt(
     ms = corruption_measurements(corruption, severity, subset=_check_subset(subset))
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
                               batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force,
-                              corruption_baseline=baseline)
+                              corruption_baseline=baseline, **_sharding(chunk_size, backend, workers, ray_address))
     met = rec.metrics
     rows = met["robust"]
     npts = rows[0]["num_points"] if rows else met["num_test"]

@@ -105,28 +105,37 @@ def as_surrogates(surrogates: nn.Module | Sequence[nn.Module] | None) -> tuple[n
     return items
 
 
-def check_surrogates(surrogates: Sequence[nn.Module], model: nn.Module, x: torch.Tensor) -> None:
+def check_surrogates(
+    surrogates: Sequence[nn.Module],
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    names: Sequence[str] | None = None,
+    model_name: str = "the attacked model",
+) -> None:
     """Refuse surrogates that do not fit the attacked ``model`` on inputs ``x``: another
     input box or device (InvalidInputError), another declared input shape, inputs they
     cannot take, or another number of classes (ShapeMismatchError). Runs one no-grad,
-    eval-mode forward pass of one sample through the model and each surrogate."""
+    eval-mode forward pass of one sample through the model and each surrogate. Messages
+    call surrogate ``i`` by ``names[i]`` when given, and the model ``model_name``."""
+    label = [f"surrogate {i}" if names is None else f"model {names[i]!r}" for i in range(len(surrogates))]
     bounds = model_bounds(model)
     for i, s in enumerate(surrogates):
         if model_bounds(s) != bounds:
             raise InvalidInputError(
-                f"surrogate {i} takes inputs in {model_bounds(s)} but the attacked model in {bounds}; "
+                f"{label[i]} takes inputs in {model_bounds(s)} but {model_name} in {bounds}; "
                 f"a perturbation crafted in one input space means nothing in the other. Put both "
                 f"models behind the same input range (normalisation belongs inside the model)."
             )
         dev = model_device(s)
         if dev is not None and dev != x.device:
             raise InvalidInputError(
-                f"surrogate {i} is on {dev} but the inputs are on {x.device}; move it with "
-                f"surrogate.to(x.device)."
+                f"{label[i]} is on {dev} but the inputs are on {x.device}; move it with "
+                f".to(x.device)."
             )
         expected = getattr(s, "input_shape", None)
         if expected is not None:
-            check_shape(x, expected, what=f"surrogate {i}")
+            check_shape(x, expected, what=label[i])
     if not len(x):
         return
     with torch.no_grad(), eval_mode(model):
@@ -138,14 +147,14 @@ def check_surrogates(surrogates: Sequence[nn.Module], model: nn.Module, x: torch
                 out = s(x[:1])
         except RuntimeError as exc:
             raise ShapeMismatchError(
-                f"surrogate {i} cannot take inputs of per-sample shape {tuple(x.shape[1:])} "
-                f"({str(exc).splitlines()[0]}); surrogates must accept the attacked model's inputs."
+                f"{label[i]} cannot take inputs of per-sample shape {tuple(x.shape[1:])} "
+                f"({str(exc).splitlines()[0]}); surrogates must accept the inputs of {model_name}."
             ) from exc
         k = int(out.shape[-1]) if out.dim() == 2 else -1
         if out.dim() != 2 or k != k_model:
             got = f"{k} classes" if out.dim() == 2 else f"outputs of shape {tuple(out.shape)}"
             raise ShapeMismatchError(
-                f"surrogate {i} returns {got} but the attacked model has {k_model} classes; a "
+                f"{label[i]} returns {got} but {model_name} has {k_model} classes; a "
                 f"transfer attack needs surrogates trained on the same label set (logits of "
                 f"shape (N, {k_model}))."
             )

@@ -308,17 +308,17 @@ def test_done_weights_simplex_and_limits():
     assert torch.equal(w.argsort(), losses.argsort())
 
 
-def test_done_outer_loss_is_the_weighted_sum_and_records_entropy(spy):
+def test_done_minibatch_outer_loss_is_the_weighted_sum_and_records_entropy(spy):
     ds = blobs()
     x, y = ds.x[:24], ds.y[:24]
     model = fresh()
-    obj = started(create("done", eps=EPS, r=0.5))
+    obj = started(create("done-minibatch", eps=EPS, r=0.5))
     per, metrics = obj.loss(model, x, y, None)
     adv_loss = F.cross_entropy(model(spy_x_adv(x, EPS)), y, reduction="none")
     w = torch.softmax(adv_loss.detach() / 0.5, 0)
     assert per.mean().item() == pytest.approx((w * adv_loss).sum().item(), rel=1e-6)
     assert metrics["done_entropy"].item() == pytest.approx(-(w * w.log()).sum().item(), rel=1e-6)
-    uniform = started(create("done", eps=EPS, r=1e12))
+    uniform = started(create("done-minibatch", eps=EPS, r=1e12))
     _, m2 = uniform.loss(model, x, y, None)
     assert m2["done_entropy"].item() == pytest.approx(math.log(24), rel=1e-6)  # float32
 

@@ -23,6 +23,7 @@ from robustlab.train.adversarial import (
     TRADES,
     AdvCompSum,
     AdversarialObjective,
+    DONEMinibatch,
     GradAlign,
     done_weights,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "ConsistencyRegularization",
     "CrownIBPTraining",
     "DONE",
+    "DONEMinibatch",
     "ERM",
     "EpochVerdict",
     "FGSMRS",

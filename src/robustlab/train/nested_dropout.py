@@ -339,9 +339,12 @@ class NestedCoTeaching(CoTeaching):
         loss: str | Loss = "ce",
         **loss_params: Any,
     ) -> None:
-        super().__init__(forget_rate, num_gradual=num_gradual, exponent=exponent, loss=loss, **loss_params)
+        # our own parameters and co-teaching's are checked before co-teaching asks for forget_rate
         self.k = None if k is None else check_int(k, "nested-co-teaching k", minimum=1)
         self.peer_k = self.k if peer_k is None else check_int(peer_k, "nested-co-teaching peer_k", minimum=1)
+        check_int(num_gradual, "nested-co-teaching num_gradual (T_k)", minimum=0)
+        check_float(exponent, "nested-co-teaching exponent (c)", low=0.0, low_open=True)
+        super().__init__(forget_rate, num_gradual=num_gradual, exponent=exponent, loss=loss, **loss_params)
         if peer is not None and not isinstance(peer, nn.Module):
             raise ConfigError(f"nested-co-teaching peer must be a trained torch module, got {type(peer).__name__}.")
         self.peer_init = peer

@@ -23,7 +23,8 @@ name               method                                                       
 ``gradalign``      Andriushchenko & Flammarion 2020, FGSM + GradAlign           ``train``
 ``aaer``           Lin, Yu & Liu 2023, AAER                                     ``train``
 ``awp``            Wu, Xia & Wang 2020, AWP around ``pgd-at`` or ``trades``     (base's)
-``done``           Sow et al. 2024, DONE instance reweighting                   ``train``
+``done``           Sow et al. 2024, DONE: DRO weights over the training set     ``train``
+``done-minibatch`` the same weights normalised within each minibatch            ``train``
 ``adv-comp-sum``   Mao, Mohri & Zhong 2023, smooth adversarial comp-sum loss    ``eval``
 =================  ===========================================================  ==========
 
@@ -43,7 +44,7 @@ names such as ``beta`` mean different things to losses and objectives).
 One family per file: :mod:`~robustlab.train.adversarial.base` (the base class and the
 adapter to the attack engine), ``multistep`` (``pgd-at``), ``regularised`` (``trades``,
 ``mart``), ``single_step`` (``fgsm-rs``, ``gradalign``, ``aaer``), ``reweighted``
-(``done``), ``comp_sum`` (``adv-comp-sum``) and ``weight_perturbation`` (``awp``). Every
+(``done``, ``done-minibatch``), ``comp_sum`` (``adv-comp-sum``) and ``weight_perturbation`` (``awp``). Every
 public name is re-exported here (``robustlab.train.adversarial.PGDAT``).
 
 Per-batch metrics are averaged per epoch into the Trainer's history (``train_<name>``);
@@ -62,7 +63,7 @@ from robustlab.train.adversarial.base import (
 from robustlab.train.adversarial.comp_sum import AdvCompSum
 from robustlab.train.adversarial.multistep import PGDAT
 from robustlab.train.adversarial.regularised import MART, TRADES, mart_terms
-from robustlab.train.adversarial.reweighted import DONE, done_weights
+from robustlab.train.adversarial.reweighted import DONE, DONEMinibatch, done_weights
 from robustlab.train.adversarial.single_step import AAER, FGSMRS, GradAlign, gradient_alignment
 from robustlab.train.adversarial.weight_perturbation import AWP, AWP_BASES
 
@@ -74,6 +75,7 @@ __all__ = [
     "AdversarialObjective",
     "BN_MODES",
     "DONE",
+    "DONEMinibatch",
     "FGSMRS",
     "GradAlign",
     "MART",

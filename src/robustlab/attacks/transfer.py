@@ -39,8 +39,10 @@ probability ``diversity_prob`` per gradient step (one draw for the whole batch, 
 official code), the batch is resized (nearest neighbour) to a random side ``H + k`` and
 zero-padded at a random offset to ``H + m``. The official code maps 299-pixel images to
 ``[299, 330)`` and pads to 330 pixels; here the margin scales with the image:
-``m = max(1, round(min(H, W) * 31 / 299))`` (28 -> 31 pixels for MNIST, 32 -> 35 for
-CIFAR, 8 -> 9 for the sklearn digits) and ``k`` is uniform in ``{0, ..., m-1}``. Unlike
+``m = max(2, round(min(H, W) * 31 / 299))`` (28 -> 31 pixels for MNIST, 32 -> 35 for
+CIFAR, 8 -> 10 for the sklearn digits: with a one-pixel margin the only padded row
+would sit where the nearest-neighbour resize back drops it, and the transform would be
+the identity) and ``k`` is uniform in ``{0, ..., m-1}``. Unlike
 Inception, our models take one fixed input size, so the padded image is resized back to
 ``H x W`` (nearest neighbour), as the later official code of Dong et al. (2019, TI)
 does. The padding value is the centre of the model's input box: the official code pads
@@ -174,7 +176,7 @@ def diverse_input(
     if coin >= prob:
         return x
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    m = max(1, round(min(h, w) * DI_MARGIN))
+    m = max(2, round(min(h, w) * DI_MARGIN))
     k = min(m - 1, int(float(draw((1,), x, generator)[0]) * m))
     rem = m - k
     top = min(rem - 1, int(float(draw((1,), x, generator)[0]) * rem))

@@ -83,11 +83,13 @@ def features(model: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
 
 @objectives.register("dverge")
 class DVERGE(Objective):
-    """DVERGE (Yang, Zhang, Dong, Zhong, Yuan & Li, NeurIPS 2020, "DVERGE: Diversifying
-    Vulnerabilities for Enhanced Robust Generation of Ensembles"), Eq. (2)-(4) and the
-    official ``train/train_dverge.py`` + ``distillation.py`` (zjysteven/DVERGE).
+    """DVERGE (Yang, Zhang, Dong, Inkawhich, Gardner, Touchet, Wilkes, Berry & Li, NeurIPS
+    2020, "DVERGE: Diversifying Vulnerabilities for Enhanced Robust Generation of
+    Ensembles", Sec. 3: the feature-distillation problem and the round-robin diversity
+    training), following the official ``train/train_dverge.py`` + ``distillation.py``
+    (zjysteven/DVERGE), which is what the defaults and the details below come from.
 
-    **Feature distillation** (Eq. 2): for member ``f_i``, a layer ``l`` and a source/target
+    **Feature distillation**: for member ``f_i``, a layer ``l`` and a source/target
     pair ``(x_s, x_t)``, ``x'_{f_i^l}(x_t, x_s) = argmin_{||z - x_t||_inf <= eps}
     ||f_i^l(z) - f_i^l(x_s)||^2``: an image that looks like ``x_t`` (the batch being
     trained) but has the layer-``l`` features of another image ``x_s``. Solved as in the
@@ -97,7 +99,7 @@ class DVERGE(Objective):
     projected onto the eps-ball and ``[0, 1]``. The MSE is summed per sample instead of
     averaged over the batch: the sign and the L1 normalisation remove the constant.
 
-    **Training** (Eq. 3-4, the official round-robin): all members distill the batch
+    **Training** (the official round-robin): all members distill the batch
     first, with their weights as they are; then member ``i`` minimises
     ``sum_{j != i} CE(f_i(x'_{f_j^l}(x, x_s)), y)``: it learns to classify, with the
     batch's labels, the images whose features member ``j`` confuses with another image's
@@ -253,7 +255,7 @@ class DVERGE(Objective):
         return x[src]
 
     def distill(self, member: nn.Module, x: torch.Tensor, source: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """Eq. (2): images within ``eps`` (L-inf) of ``x``, inside the input box, whose
+        """Feature distillation: images within ``eps`` (L-inf) of ``x``, inside the input box, whose
         layer-``layer`` features approach those of ``source`` (detached)."""
         layer = self.current_layer if layer is None else layer
         if layer is None:

@@ -29,8 +29,10 @@ SAMPLING = ("random", "all")
 @objectives.register("pubdef")
 class PubDef(Objective):
     """PubDef (Sitawarin, Chang, Huang, Altoyan & Wagner, ICLR 2024, "PubDef: Defending
-    Against Transfer Attacks From Public Models", Sec. 5; official code
-    wagner-group/pubdef, ``save_adv_main.py``, ``main.py``, ``src/utils/loss.py``).
+    Against Transfer Attacks From Public Models", the defence's training loss), following
+    the official code (wagner-group/pubdef: ``save_adv_main.py``, ``main.py``,
+    ``src/utils/loss.py``, ``scripts/example_full.sh``), from which the loss's exact form,
+    the weights and the attack settings below are taken.
 
     The defender knows a set of public source models ``S`` and trains on clean images and
     on transfer adversarial examples ``x_s`` crafted on each source ``s`` (PGD on the

@@ -90,11 +90,14 @@ def project_hyperplane_box(
     lo, hi = bounds
     c = (w * t).sum(1) - b
     gap = c.abs()
-    u = torch.where((c >= 0)[:, None], w, -w)
-    au = u.abs()
-    moving = au > 0
+    # Masks are carried as 0/1 floats and selections written as products: on the CPU,
+    # torch.where and boolean tensors cost 5-20x a float multiply at FAB's sizes, and
+    # x * 1 = x, x * 0 = 0, x + 0 = x keep every selected value bit-exact.
+    u = w * torch.where(c >= 0, 1.0, -1.0).to(t.dtype)[:, None]  # sign(c) w, exactly
+    su, au = u.sign(), u.abs()
+    down, up = su.clamp_min(0), (-su).clamp_min(0)  # moves towards lo / towards hi (1.0 or 0.0)
     # distance to the face each coordinate moves towards (0 for coordinates that do not move)
-    cap = torch.where(u > 0, t - lo, hi - t).clamp_min(0) * moving
+    cap = ((t - lo) * down + (hi - t) * up).clamp_min(0)
     rate_cap = au * cap  # decrease of <u, z> bought by moving a coordinate to its cap
     feasible = rate_cap.sum(1) >= gap
     tiny = torch.finfo(t.dtype).tiny
@@ -112,26 +115,46 @@ def project_hyperplane_box(
         m_s = m_s.scatter(1, k[:, None], last[:, None])
         m = torch.empty_like(m_s).scatter_(1, order, m_s)
     else:
-        if norm == "l2":
-            # breakpoints lambda_i = cap_i / |u_i|; h(lambda) = sum |u_i| min(lambda |u_i|, cap_i)
-            brk = torch.where(moving, cap / au.clamp_min(tiny), torch.zeros_like(cap))
-            slope = au * au
-        else:
-            # breakpoints r_i = cap_i; h(r) = sum |u_i| min(r, cap_i)
-            brk = cap
-            slope = au
-        order = brk.argsort(1)
-        brk_s, slope_s, rc_s = brk.gather(1, order), slope.gather(1, order), rate_cap.gather(1, order)
-        done = rc_s.cumsum(1)  # contribution of the coordinates already at their cap
-        rest = slope_s.flip(1).cumsum(1).flip(1)  # slope of those not yet capped (incl. current)
-        h = done - rc_s + brk_s * rest  # h at each breakpoint
-        k = (h < gap[:, None]).sum(1).clamp_max(t.shape[1] - 1)
-        capped = torch.where(k > 0, done.gather(1, (k - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
-        scale = (gap - capped) / rest.gather(1, k[:, None]).squeeze(1).clamp_min(tiny)
-        scale = scale.clamp_min(0)[:, None]
+        # L2: breakpoints lambda_i = cap_i / |u_i|, h(lambda) = sum |u_i| min(lambda |u_i|, cap_i);
+        # L-inf: breakpoints r_i = cap_i, h(r) = sum |u_i| min(r, cap_i)
+        brk = cap / au.clamp_min(tiny) if norm == "l2" else cap  # cap = 0 where u_i = 0
+        slope = au * au if norm == "l2" else au
+        scale = _piecewise_linear_root(brk, slope, rate_cap, gap, tiny)[:, None]
         m = torch.minimum(scale * au if norm == "l2" else scale.expand_as(cap), cap)
-    m = torch.where(feasible[:, None], m, cap) * moving
-    return -torch.sign(u) * m
+    far = (~feasible).nonzero().squeeze(1)  # the box does not reach the plane: every coordinate to its cap
+    if len(far):
+        m = m.clone()
+        m[far] = cap[far]
+    return -su * m
+
+
+def _piecewise_linear_root(
+    brk: torch.Tensor, slope: torch.Tensor, rate_cap: torch.Tensor, gap: torch.Tensor, tiny: float
+) -> torch.Tensor:
+    """Per row, the root ``s >= 0`` of ``h(s) = sum_i min(s slope_i, rate_cap_i) = gap`` with
+    ``rate_cap_i = slope_i brk_i``: concave, non-decreasing, linear between the breakpoints
+    ``brk_i``. Newton's method from ``s = 0`` on the exact pieces:
+    ``s <- (gap - sum_{brk_i <= s} rate_cap_i) / sum_{brk_i > s} slope_i``. On a concave
+    function it never passes the root, and it stops on the linear piece that holds the root
+    (no breakpoint crossed by the last step), where the formula is exact; every step that
+    does not stop moves at least one breakpoint into the capped set, so it ends within
+    ``D + 1`` steps (3-4 on FAB's MNIST iterates). It replaces a sort of the breakpoints
+    (the official code's ``fab_projections.py`` sorts them and bisects): same solution,
+    sums taken in coordinate order rather than sorted order. Rows whose box does not reach
+    the plane get the largest breakpoint's value or more; the caller caps them."""
+    s = torch.zeros_like(gap)
+    free = (brk - s[:, None]).sign().clamp_min(0)  # 1.0 where brk_i > s (not yet capped)
+    count = free.sum(1)
+    for _ in range(brk.shape[1] + 1):
+        capped = (rate_cap * (1 - free)).sum(1)
+        rest = (slope * free).sum(1)
+        s = torch.maximum(((gap - capped) / rest.clamp_min(tiny)).clamp_min(0), s)
+        free = (brk - s[:, None]).sign().clamp_min(0)
+        new_count = free.sum(1)
+        if bool((new_count == count).all()):
+            break
+        count = new_count
+    return s
 
 
 # -- counted linearisations ----------------------------------------------------------------
@@ -320,8 +343,8 @@ class FAB(Attack):
                 if bool(better.any()):
                     act.scatter(best, x1, better)
                     act.scatter(best_norm, size, better)
-                back = _per_sample(adv, x1)
-                x1 = torch.where(back, x0 + self.beta * (x1 - x0), x1)
+                back = adv.nonzero().squeeze(1)  # pulled back towards x0 (rows, not a where: faster on CPU)
+                x1[back] = x0[back] + self.beta * (x1[back] - x0[back])
                 done = ~(act.gather(best_norm) > stop_at)
                 x0, x1, y, cls, goal = act.retire(done, x0, x1, y, cls, goal)
                 if not act:

@@ -252,7 +252,8 @@ class Square(Attack):
             loss, ok = self._query(ctx, cand, shape, ya, ta)
             improved = loss < lb
             lb = torch.where(improved, loss, lb)
-            xb = torch.where((improved | ok).reshape(-1, 1, 1, 1), cand, xb)
+            take = (improved | ok).nonzero().squeeze(1)  # rows, not a where: far cheaper on CPU
+            xb[take] = cand[take]
             if bool(ok.any()):
                 act.scatter(x_best, xb, ok)
                 act.scatter(success, True, ok)

@@ -269,8 +269,11 @@ class ThreatModel:
         e = self.eps if eps is None else eps
         delta = x_adv - x
         if self.norm == "linf":
-            e_t = _per_sample(_eps_vector(e, x), x)
-            delta = torch.maximum(torch.minimum(delta, e_t), -e_t)
+            if isinstance(e, torch.Tensor):
+                e_t = _per_sample(_eps_vector(e, x), x)
+                delta = torch.maximum(torch.minimum(delta, e_t), -e_t)
+            else:  # a scalar bound: one clamp (same values, no broadcast tensors)
+                delta = delta.clamp(-e, e)
         elif self.norm == "l2":
             n = _flat_norm(delta, "l2")
             factor = torch.clamp(_eps_vector(e, x) / n.clamp_min(1e-12), max=1.0)

@@ -18,6 +18,8 @@ from robustlab.models import Normalize, count_parameters
 
 ADAPTERS = {"timm", "torchvision"}
 PRESETS = {"wrn-28-10", "wrn-34-10"}
+# built from other zoo models' configs, covered in their own test files (tests/models/test_mixed.py)
+COMPOSITES = {"mixed"}
 # small widths keep every forward pass cheap
 SMALL = {
     "mlp": {"hidden": [16, 8]},
@@ -55,7 +57,7 @@ def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def test_every_registered_model_is_covered_by_these_tests():
-    assert set(models.available()) == set(SMALL) | PRESETS | ADAPTERS
+    assert set(models.available()) == set(SMALL) | PRESETS | ADAPTERS | COMPOSITES
     assert models.list_models is models.available
     assert models.available("*resnet*") == ["preact_resnet18", "resnet18", "wide_resnet"]
 

@@ -19,7 +19,7 @@ from robustlab.models import Normalize, count_parameters
 ADAPTERS = {"timm", "torchvision"}
 PRESETS = {"wrn-28-10", "wrn-34-10"}
 # built from other zoo models' configs, covered in their own test files (tests/models/test_mixed.py)
-COMPOSITES = {"mixed"}
+COMPOSITES = {"mixed", "ensemble"}
 # small widths keep every forward pass cheap
 SMALL = {
     "mlp": {"hidden": [16, 8]},

@@ -159,14 +159,19 @@ def run_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict) 
     t0 = time.perf_counter()
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
     seconds = time.perf_counter() - t0
-    stages = {}
-    for line in records:  # "robust accuracy after APGD-CE: 12.30% (total time ...)"
+    stages, stage_seconds, before = {}, {}, 0.0
+    for line in records:  # "robust accuracy after APGD-CE: 12.30% (total time 4.5 s)"
         if line.startswith("robust accuracy after "):
             name, rest = line[len("robust accuracy after "):].split(":", 1)
-            stages[name.strip().lower()] = float(rest.strip().split("%")[0]) / 100
+            label = name.strip().lower()
+            stages[label] = float(rest.strip().split("%")[0]) / 100
+            if "(total time " in rest:  # cumulative since the start of the evaluation, 0.1 s resolution
+                total = float(rest.split("(total time ")[1].split()[0])
+                stage_seconds[label], before = total - before, total
     return {
         "robust_accuracy": _accuracy(model, x_adv, y),
         "stage_robust_accuracy": stages,
+        "stage_seconds": stage_seconds,
         "forwards": counted.forwards,
         "backwards": counted.backwards,
         "seconds": seconds,

@@ -305,3 +305,67 @@ def test_fab_bad_parameters_are_refused():
         fab_min_norm(lin, x, lin(x).argmax(1), "l3")
     with pytest.raises(ConfigError, match="norm"):
         project_hyperplane_box(x, x, x.sum(1), (0.0, 1.0), "l3")
+
+
+def sorted_breakpoint_projection(t, w, b, lo, hi, norm):
+    """The projection written the textbook way, row by row in numpy: sort the breakpoints of
+    the piecewise-linear h and walk them (what the official ``fab_projections.py`` and
+    robustlab's FAB did before the Newton steps)."""
+    out = np.zeros_like(t)
+    for i in range(len(t)):
+        ti, wi = t[i], w[i]
+        c = wi @ ti - b[i]
+        u = wi if c >= 0 else -wi
+        au = np.abs(u)
+        cap = np.where(u > 0, ti - lo, np.where(u < 0, hi - ti, 0.0)).clip(min=0)
+        gap = abs(c)
+        if (au * cap).sum() < gap:
+            m = cap
+        else:
+            moving = au > 0
+            brk = np.where(moving, cap / np.where(moving, au, 1.0), 0.0) if norm == "l2" else cap
+            slope = au * au if norm == "l2" else au
+            s = 0.0
+            for k in np.argsort(brk, kind="stable"):
+                capped = (au * cap)[brk <= brk[k]].sum()
+                rest = slope[brk > brk[k]].sum()
+                if capped + brk[k] * rest >= gap:  # the root lies at or below this breakpoint
+                    below = brk < brk[k]
+                    s = (gap - (au * cap)[below].sum()) / slope[~below].sum()
+                    break
+            m = np.minimum(s * au if norm == "l2" else s, cap)
+        out[i] = -np.sign(u) * m
+    return out
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_projection_equals_the_sorted_breakpoint_walk(norm, dtype):
+    g = torch.Generator().manual_seed(3)
+    n, d = 64, 49
+    # MNIST-like rows: most coordinates exactly on a face (ties among the breakpoints)
+    t = (torch.rand(n, d, generator=g) > 0.7).to(torch.float64)
+    t[n // 2:] = torch.rand(n - n // 2, d, generator=g, dtype=torch.float64)  # and generic rows
+    w = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w[:8, :10] = 0.0  # coordinates that cannot help
+    b = (w * torch.rand(n, d, generator=g, dtype=torch.float64)).sum(1)
+    b[-3:] += 100.0  # out of reach: every coordinate to its cap
+    b[5] = (w[5] * t[5]).sum()  # already on the plane: no move
+    ours = project_hyperplane_box(t.to(dtype), w.to(dtype), b.to(dtype), (0.0, 1.0), norm).double()
+    ref = torch.from_numpy(sorted_breakpoint_projection(t.numpy(), w.numpy(), b.numpy(), 0.0, 1.0, norm))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert torch.allclose(ours, ref, rtol=tol, atol=tol)
+    if dtype == torch.float64:  # on the plane (in float32 the cast moves it off by ~1e-8)
+        assert not bool(ours[5].any())
+
+
+def test_piecewise_linear_root_is_exact_on_a_hand_example():
+    from robustlab.attacks.fab import _piecewise_linear_root
+
+    # h(s) = min(s, 1) + 2 min(s, 3) + min(s, 10): slope 4 up to 1, 3 up to 3, 1 after
+    brk = torch.tensor([[1.0, 3.0, 10.0]], dtype=torch.float64)
+    slope = torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64)
+    rc = slope * brk
+    for gap, root in [(2.0, 0.5), (4.0, 1.0), (7.0, 2.0), (12.0, 5.0), (0.0, 0.0)]:
+        s = _piecewise_linear_root(brk, slope, rc, torch.tensor([gap], dtype=torch.float64), 1e-300)
+        assert float(s) == pytest.approx(root, abs=1e-12)

@@ -154,3 +154,14 @@ def test_threat_model_checks():
         ThreatModel("l2", math.sqrt(48) + 0.01).check_fits(x, (0.0, 1.0))
     assert ThreatModel("l2", 3.0).diameter(x, (-1.0, 1.0)) == pytest.approx(2 * math.sqrt(48))
     assert [t.eps for t in ThreatModel.grid("linf", ["1/255", 0.1])] == pytest.approx([1 / 255, 0.1])
+
+
+def test_linf_projection_with_a_scalar_eps_is_bit_identical_to_the_per_sample_path():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 1, 8, 8, generator=g)
+    x_adv = x + 0.6 * (2 * torch.rand(20, 1, 8, 8, generator=g) - 1)
+    threat = ThreatModel("linf", 0.3)
+    scalar = threat.project(x_adv, x, (0.0, 1.0))
+    per_sample = threat.project(x_adv, x, (0.0, 1.0), eps=torch.full((20,), 0.3))
+    assert torch.equal(scalar, per_sample)
+    assert float((scalar - x).abs().max()) <= 0.3 + 1e-7 and 0 <= float(scalar.min()) and float(scalar.max()) <= 1

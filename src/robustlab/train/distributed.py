@@ -4,9 +4,9 @@ the :class:`~robustlab.train.Trainer` needs.
 A run launched as ``torchrun --nproc_per_node=W ...`` starts ``W`` processes ("ranks")
 whose environment holds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``. :func:`world` reads them (or the initialised process group);
-:func:`session` initialises the process group from them (``env://``; ``gloo`` on CPU,
-``nccl`` on CUDA, with the device set to ``cuda:LOCAL_RANK``) and destroys it again when
-it created it. Outside ``torchrun`` (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) every function
+:func:`setup` initialises the process group from them once per process (``env://``;
+``gloo`` on CPU, ``nccl`` on CUDA, with the device set to ``cuda:LOCAL_RANK``);
+:func:`session` does the same for a block and destroys the group again if it created it. Outside ``torchrun`` (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) every function
 here is a no-op for a single process, so code written for W ranks runs unchanged in one.
 
 >>> from robustlab.train import distributed
@@ -24,6 +24,7 @@ sent to the others as JSON (:func:`broadcast_json`; nothing is pickled).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -107,19 +108,17 @@ def device_for(device: torch.device, w: World | None = None) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def session(device: str | torch.device = "cpu") -> Iterator[World]:
-    """The process group for a data-parallel run, set up from torchrun's environment
-    (``env://``) and destroyed on exit when this call created it.
-
-    A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) and a process group that is
-    already initialised (by the caller) are left as they are. On CUDA the backend is
-    ``nccl`` and the current device becomes ``cuda:LOCAL_RANK``; otherwise ``gloo``.
-    """
+def setup(device: str | torch.device = "cpu") -> World:
+    """Join the data-parallel run torchrun started (``env://``), once per process: ``gloo``
+    on CPU, ``nccl`` on CUDA with the current device set to ``cuda:LOCAL_RANK``. A single
+    process, or a process group that is already initialised, is left as it is. The group
+    stays up for later calls (several ``fit`` calls, a suite of runs) and is destroyed when
+    the process exits (or by :func:`session`): a process group torn down and created again
+    under torchrun can reuse the previous group's rendezvous keys and fail to connect."""
+    global _EXIT_HOOK
     w = world()
     if not w.distributed or dist.is_initialized():
-        yield w
-        return
+        return w
     device = torch.device(device)
     if not dist.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; install a build with it, or run one process.")
@@ -142,10 +141,33 @@ def session(device: str | torch.device = "cpu") -> Iterator[World]:
     elif not dist.is_gloo_available():
         raise ConfigError("data-parallel training on CPU needs the gloo backend, which this PyTorch build lacks.")
     dist.init_process_group(backend, init_method="env://", rank=w.rank, world_size=w.size)
-    try:
-        yield world()
-    finally:
+    if not _EXIT_HOOK:
+        atexit.register(teardown)
+        _EXIT_HOOK = True
+    return world()
+
+
+_EXIT_HOOK = False
+
+
+def teardown() -> None:
+    """Destroy the process group if there is one (at exit; or by :func:`session`)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str | torch.device = "cpu") -> Iterator[World]:
+    """:func:`setup` for a block: the process group torchrun's environment describes,
+    destroyed on exit when this block created it (the :class:`~robustlab.train.Trainer`
+    calls :func:`setup` itself; wrap a whole script in this to close the group early)."""
+    created = world().distributed and not (dist.is_available() and dist.is_initialized())
+    w = setup(device)
+    try:
+        yield w
+    finally:
+        if created:
+            teardown()
 
 
 def _active() -> bool:
@@ -326,6 +348,8 @@ __all__ = [
     "module_tensors",
     "rank_seed",
     "session",
+    "setup",
     "shard",
     "state_of",
+    "teardown",
 ]

@@ -120,8 +120,8 @@ def test_objectives_and_engine_never_import_the_template():
 
 def test_every_attack_is_registered_on_import():
     assert set(available()) == {
-        "apgd", "apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "ensemble", "eot", "fab", "fab-t",
-        "fast", "fgsm", "pgd", "pma", "rand", "square", "standard",
+        "apgd", "apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "cwa", "ensemble", "eot", "fab", "fab-t",
+        "fast", "fgsm", "mi-fgsm", "pgd", "pma", "rand", "square", "standard",
     }
 
 

@@ -77,9 +77,11 @@ def project_hyperplane_box(
     * L1 (fractional knapsack): coordinates in decreasing ``|u_i|`` move to their cap
       until the last one closes the gap;
 
-    and the scalar ``lambda`` / ``r`` / cut-off is found exactly from the sorted
-    breakpoints and one cumulative sum (the official code, ``fab_projections.py``, sorts
-    the same breakpoints and bisects over them). When the box does not reach the
+    and the scalar ``lambda`` / ``r`` / cut-off is found exactly: for L2 and L-inf by
+    Newton steps on the piecewise-linear ``h`` (:func:`_piecewise_linear_root`, a few
+    passes over the coordinates, no sort), for L1 from the breakpoints sorted once and one
+    cumulative sum (the official code, ``fab_projections.py``, sorts the breakpoints and
+    bisects over them; same solution up to float summation order). When the box does not reach the
     hyperplane, every coordinate moves to its cap (the box vertex closest to the
     hyperplane), as in the official code. Coordinates with ``w_i = 0`` never move.
 

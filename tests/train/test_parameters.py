@@ -13,7 +13,7 @@ from robustlab.train import available, create, objectives
 from robustlab.train.monitors import CatastrophicOverfittingCheck
 
 #: the smallest valid parameters of objectives that need some
-REQUIRED = {"co-teaching": {"forget_rate": 0.2}}
+REQUIRED = {"co-teaching": {"forget_rate": 0.2}, "pubdef": {"sources": ["not-read-before-the-numbers.safetensors"]}}
 
 
 def _parameters():

@@ -100,6 +100,13 @@ class PubDef(Objective):
         cache: bool = True,
     ) -> None:
         super().__init__()
+        # the numbers first (named in the error), then the source files
+        self.clean_weight = check_float(clean_weight, "pubdef clean_weight", low=0.0)
+        self.threat = ThreatModel(norm, check_eps(eps))
+        self.steps = check_int(steps, "pubdef steps", minimum=1)
+        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
+        self.sampling = check_choice(sampling, "pubdef sampling", SAMPLING)
+        self.cache = check_bool(cache, "pubdef cache")
         if sources is None or isinstance(sources, (str, os.PathLike)) or len(sources) == 0:
             raise ConfigError(
                 "pubdef needs sources: a non-empty list of paths to source models saved with "
@@ -122,14 +129,8 @@ class PubDef(Objective):
                 )
             weights = [check_float(w, f"pubdef source_weights[{i}]", low=0.0) for i, w in enumerate(source_weights)]
         self.source_weights = weights
-        self.clean_weight = check_float(clean_weight, "pubdef clean_weight", low=0.0)
         if self.clean_weight + sum(weights) <= 0:
             raise ConfigError("pubdef weights are all 0: give the clean term or a source a positive weight.")
-        self.threat = ThreatModel(norm, check_eps(eps))
-        self.steps = check_int(steps, "pubdef steps", minimum=1)
-        self.rel_step = relative_step(step_size, rel_step_size, self.threat.eps, 0.25)
-        self.sampling = check_choice(sampling, "pubdef sampling", SAMPLING)
-        self.cache = check_bool(cache, "pubdef cache")
         self.attack = make_attack("pgd", steps=self.steps, rel_step_size=self.rel_step, random_start=True, loss="ce")
         self.models: list[nn.Module] | None = None
         self._examples: torch.Tensor | None = None  # (S, N, *input_shape)

@@ -28,7 +28,8 @@ The protocol:
   classic sign of gradient masking (Athalye et al. 2018; Carlini et al. 2019, "On
   Evaluating Adversarial Robustness", Sec. 4). The comparison is of rates, source by
   source, not of the union of all sources (a union of several attempts beats one
-  attempt without any masking).
+  attempt without any masking). Sources that contain the target (itself, or an ensemble
+  with it as a member) are not compared: they see its gradients.
 
 All models must share the input box, input shape and number of classes (a typed error
 names the model that does not).
@@ -143,6 +144,11 @@ def _stronger_than_white_box(
         f"stronger, adaptive or gradient-free attacks on it.",
         gain,
     )]
+
+
+def _contains(source: Source, model: nn.Module) -> bool:
+    """Whether ``source`` is ``model`` or a list holding it (such a source has white-box access)."""
+    return source is model or (not isinstance(source, nn.Module) and any(m is model for m in source))
 
 
 def _check_named(models: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -273,7 +279,7 @@ def transfer_matrix(
         white_box[tname] = rate(int(own.sum()))
         if audit:
             flags[tname] = _stronger_than_white_box(
-                tname, attack, {s: broken[s][tname] for s in srcs if not (s == tname and srcs[s] is target)},
+                tname, attack, {s: broken[s][tname] for s in srcs if not _contains(srcs[s], target)},
                 int(own.sum()), n_ok, flag_threshold)
     return TransferMatrix(
         attack=attacks.canonical(attack), params=dict(params), norm=threat.norm, eps=threat.eps,

@@ -88,9 +88,12 @@ class Backend:
         self.workers = workers
         self.threads_per_worker = threads_per_worker
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], *,
+            resources: Sequence[dict[str, Any] | None] | None = None) -> Iterator[tuple[int, Any]]:
         """Yield ``(i, fn(tasks[i]))`` for every task as it finishes; a task that raised
-        yields ``(i, exception)``. ``KeyboardInterrupt`` in this process stops everything."""
+        yields ``(i, exception)``. ``KeyboardInterrupt`` in this process stops everything.
+        ``resources``: per task, what it asks Ray for (over the backend's ``resources``; e.g.
+        a sweep's GPU runs ``{"num_gpus": 1}``); the local and pool backends ignore it."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -112,7 +115,8 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], *,
+            resources: Sequence[dict[str, Any] | None] | None = None) -> Iterator[tuple[int, Any]]:
         for i, task in enumerate(tasks):
             try:
                 out = fn(task)
@@ -146,7 +150,8 @@ class PoolBackend(Backend):
             )
         return self._pool
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], *,
+            resources: Sequence[dict[str, Any] | None] | None = None) -> Iterator[tuple[int, Any]]:
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
@@ -254,13 +259,19 @@ class RayBackend(Backend):
             self._owns = True
         self._remote = self.ray.remote(_threaded_call)
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], *,
+            resources: Sequence[dict[str, Any] | None] | None = None) -> Iterator[tuple[int, Any]]:
         ray = self.ray
         if not tasks:
             return
+        if resources is not None and len(resources) != len(tasks):
+            raise ConfigError(f"resources: one entry per task ({len(tasks)}), got {len(resources)}.")
+        per_task = [None] * len(tasks) if resources is None else [_check_resources(r) for r in resources]
         fn_ref = ray.put(fn)
-        remote = self._remote.options(**self.options)
-        refs = {remote.remote(fn_ref, task, self.threads_per_worker): i for i, task in enumerate(tasks)}
+        refs = {
+            self._remote.options(**{**self.options, **(per_task[i] or {})}).remote(fn_ref, task, self.threads_per_worker): i
+            for i, task in enumerate(tasks)
+        }
         pending = list(refs)
         try:
             while pending:

@@ -25,7 +25,7 @@ from torch import nn
 
 from robustlab import __version__
 from robustlab._atomic import atomic_path
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, TrainingError
 from robustlab.experiments.config import ExperimentConfig, Suite, config_hash
 from robustlab.experiments.store import ResultsStore, RunRecord, run_lock
 from robustlab.progress import log as progress_log
@@ -153,11 +153,6 @@ def run_experiment(
     artifacts folder. Two processes never run one config at the same time: the second
     waits for the first and reuses its result.
     """
-    from robustlab import models
-    from robustlab import train as train_mod
-    from robustlab.evaluate import evaluate_model
-    from robustlab.train.distributed import is_main
-
     validate_config(cfg)
     run_id = cfg.hash()
     existing = store.get(run_id)
@@ -171,50 +166,73 @@ def run_experiment(
             (art / "train" / "last.pt").unlink()
 
     def work(art: Path) -> dict[str, Any]:
-        train_set, val_set, test_set, noise_info = prepared
-        progress_log.info("run %s: %s on %s, %d training points, %d epochs", cfg.label(), cfg.model.name,
-                          cfg.data.name, len(train_set), cfg.train.epochs)
-        with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is restored
-            torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
-            model = models.for_dataset(cfg.model.name, train_set, **cfg.model.params)
-        objective = build_objective(cfg)
-        trainer = _trainer(cfg, model, objective, checkpoint_dir=art / "train", progress=progress)
-        t_train = time.perf_counter()
-        history = trainer.fit(train_set, val_set, test=test_set if cfg.evaluate.per_epoch_test else None)
-        train_seconds = time.perf_counter() - t_train
-        if not is_main():  # torchrun rank > 0: trained alongside rank 0, which saves and evaluates
-            return {}
-        model = model.cpu()
-        models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
-        specs = cfg.evaluate.measurements()
-        metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size,
-                                          threads=getattr(cfg.train, "threads", None), progress=progress,
-                                          reference=train_set if cfg.evaluate.detect else None)
-        with atomic_path(art / "records.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **records)  # type: ignore[arg-type]
-        _corruption_baseline(store, cfg, run_id, metrics)
-        metrics.update(
-            {
-                "train_seconds": train_seconds,
-                "training": trainer.summary(),
-                "history": history,
-                "resumed_from_epoch": trainer.resumed_from_epoch,
-                "noise": noise_info,
-                "data": {
-                    "train": getattr(train_set, "description", ""),
-                    "num_train": len(train_set),
-                    "num_val": 0 if val_set is None else len(val_set),
-                    "num_test": len(test_set),
-                },
-                "final_train_accuracy_noisy_labels": history[-1].get("train_accuracy") if history else None,
-                **test_curve_summary(history),
-            }
-        )
-        return metrics
+        return train_and_evaluate(cfg, run_id, art, prepared, progress=progress,
+                                  baseline=lambda metrics: _corruption_baseline(store, cfg, run_id, metrics))
 
     return execute_run(store, run_id, cfg.label(), cfg.to_dict(), work, suite=suite, force=force, fresh=fresh,
                        every_rank=True)
+
+
+def train_and_evaluate(
+    cfg: ExperimentConfig,
+    run_id: str,
+    art: Path,
+    prepared: tuple[Any, Any, Any, dict[str, Any] | None],
+    *,
+    progress: bool | None = None,
+    baseline: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` on ``prepared`` (:func:`prepare_data`) and evaluate it, writing only into
+    the run's artifacts folder ``art`` (checkpoints, ``model.safetensors``, ``records.npz``);
+    return its metrics. ``baseline(metrics)`` puts CE/mCE against the corruption baseline in
+    (it reads the store, so a sweep's driver calls it, not its workers)."""
+    from robustlab import models
+    from robustlab import train as train_mod
+    from robustlab.evaluate import evaluate_model
+    from robustlab.train.distributed import is_main
+
+    train_set, val_set, test_set, noise_info = prepared
+    progress_log.info("run %s: %s on %s, %d training points, %d epochs", cfg.label(), cfg.model.name,
+                      cfg.data.name, len(train_set), cfg.train.epochs)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is restored
+        torch.manual_seed(train_mod.derive_seed("init", cfg.seed))
+        model = models.for_dataset(cfg.model.name, train_set, **cfg.model.params)
+    objective = build_objective(cfg)
+    trainer = _trainer(cfg, model, objective, checkpoint_dir=art / "train", progress=progress)
+    t_train = time.perf_counter()
+    history = trainer.fit(train_set, val_set, test=test_set if cfg.evaluate.per_epoch_test else None)
+    train_seconds = time.perf_counter() - t_train
+    if not is_main():  # torchrun rank > 0: trained alongside rank 0, which saves and evaluates
+        return {}
+    model = model.cpu()
+    models.save_model(model, art / "model.safetensors", metadata=provenance_metadata(run_id, cfg))
+    specs = cfg.evaluate.measurements()
+    metrics, records = evaluate_model(model, test_set, specs, seed=cfg.seed, batch_size=cfg.evaluate.batch_size,
+                                      threads=getattr(cfg.train, "threads", None), progress=progress,
+                                      reference=train_set if cfg.evaluate.detect else None)
+    with atomic_path(art / "records.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **records)  # type: ignore[arg-type]
+    if baseline is not None:
+        baseline(metrics)
+    metrics.update(
+        {
+            "train_seconds": train_seconds,
+            "training": trainer.summary(),
+            "history": history,
+            "resumed_from_epoch": trainer.resumed_from_epoch,
+            "noise": noise_info,
+            "data": {
+                "train": getattr(train_set, "description", ""),
+                "num_train": len(train_set),
+                "num_val": 0 if val_set is None else len(val_set),
+                "num_test": len(test_set),
+            },
+            "final_train_accuracy_noisy_labels": history[-1].get("train_accuracy") if history else None,
+            **test_curve_summary(history),
+        }
+    )
+    return metrics
 
 
 def training_summary(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -576,6 +594,12 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+
+# -- suites and sweeps ---------------------------------------------------------------------------
+class SweepError(TrainingError):
+    """Some runs of a sweep failed (each is stored as failed with its error; the others finished)."""
+
+
 def run_suite(
     suite: Suite,
     store: ResultsStore,
@@ -584,13 +608,245 @@ def run_suite(
     force: bool = False,
     progress: bool | None = None,
     on_run: Callable[[int, int, ExperimentConfig, RunRecord], None] | None = None,
+    backend: str | Any = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> list[RunRecord]:
-    """Run every config of ``suite`` (skipping finished ones) and return their records."""
+    """Run every config of ``suite`` (skipping finished ones) and return their records, in
+    the suite's order. ``on_run(i, total, config, record)`` is called as each run is stored.
+
+    ``backend="local"`` (default): one config after another in this process
+    (:func:`run_experiment`); the first failing run raises. ``"pool"`` / ``"ray"`` (or a
+    :class:`~robustlab.experiments.backends.Backend`): a sweep, see :func:`run_sweep`.
+    """
     configs = suite.expand(overrides)
-    out = []
-    for i, cfg in enumerate(configs):
-        rec = run_experiment(cfg, store, suite=suite.suite, force=force, progress=progress)
-        out.append(rec)
+    if isinstance(backend, str) and backend.strip().lower() == "local":
+        if workers is not None or ray_address is not None:
+            raise ConfigError("--workers and --ray-address are for --backend pool or ray; drop them or choose a backend.")
+        out = []
+        for i, cfg in enumerate(configs):
+            rec = run_experiment(cfg, store, suite=suite.suite, force=force, progress=progress)
+            out.append(rec)
+            if on_run is not None:
+                on_run(i, len(configs), cfg, rec)
+        return out
+    return run_sweep(configs, store, suite=suite.suite, force=force, progress=progress, on_run=on_run,
+                     backend=backend, workers=workers, ray_address=ray_address)
+
+
+def sweep_resources(cfg: ExperimentConfig, threads_per_worker: int = 1) -> dict[str, Any]:
+    """What one run of a sweep asks Ray for: ``num_gpus=1`` (and one CPU) when the config
+    trains on ``cuda``; otherwise ``num_cpus`` = the config's ``train.threads`` (or
+    ``threads_per_worker``). The pool ignores it (each process runs one run at a time)."""
+    device = str(getattr(cfg.train, "device", "cpu") or "cpu")
+    threads = getattr(cfg.train, "threads", None)
+    cpus = int(threads) if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 \
+        else threads_per_worker
+    if device.startswith("cuda"):
+        return {"num_cpus": 1, "num_gpus": 1}
+    return {"num_cpus": cpus}
+
+
+def _sweep_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One run of a sweep, in a worker: load the data, train, evaluate; write only into the
+    run's artifacts folder (never the store) and return the metrics and the seconds it took."""
+    from robustlab.experiments.config import make_config
+
+    cfg = make_config(task["config"])
+    if cfg.hash() != task["run_id"]:
+        raise ConfigError(
+            f"the worker rebuilt config {task['name']!r} with another hash ({cfg.hash()[:10]}, driver "
+            f"{task['run_id'][:10]}); driver and workers need the same robustlab version."
+        )
+    art = Path(task["artifacts"])
+    if not art.is_dir():
+        from robustlab.errors import DataError
+
+        raise DataError(
+            f"worker {platform.node()} does not see the run's artifacts folder {art}; a sweep on Ray needs "
+            f"the results folder on a file system every node shares, at the same path."
+        )
+    prepared = prepare_data(cfg)
+    t0 = time.perf_counter()
+    metrics = train_and_evaluate(cfg, task["run_id"], art, prepared, progress=task["progress"])
+    return {"metrics": metrics, "seconds": time.perf_counter() - t0}
+
+
+def _error_text(exc: BaseException) -> str:
+    """What a failed run's row holds: ``Type: message`` first, then a short traceback."""
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=5))
+    return reason + "\n" + tb
+
+
+def _baseline_of(i: int, cfg: ExperimentConfig, ids: list[str], labels: list[str]) -> int | None:
+    """The index of the config of this sweep that ``cfg``'s corruption baseline names (not itself)."""
+    cc = cfg.evaluate.corruptions
+    if cc is None or cc.baseline is None:
+        return None
+    for j, (rid, label) in enumerate(zip(ids, labels)):
+        if j != i and rid != ids[i] and (cc.baseline == label or cc.baseline == rid):
+            return j
+    return None
+
+
+def run_sweep(
+    configs: Sequence[ExperimentConfig],
+    store: ResultsStore,
+    *,
+    suite: str | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    on_run: Callable[[int, int, ExperimentConfig, RunRecord], None] | None = None,
+    backend: str | Any = "pool",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    threads_per_worker: int = 1,
+) -> list[RunRecord]:
+    """Run ``configs`` as tasks of a backend (one run per task) and return their records in
+    the given order (a failed run's record has status ``failed``).
+
+    The split: this process (the driver) validates every config first (a bad name or
+    parameter refuses the whole sweep before anything is stored), reuses the configs already
+    ``done`` (same keys as :func:`run_experiment`; ``force`` reruns them), holds each
+    remaining run's lock, marks it ``running`` and sends it to a worker. A worker loads the
+    data, trains and evaluates, writing only into the run's artifacts folder (checkpoints,
+    ``model.safetensors``, ``records.npz``) — on Ray that folder must be on a file system
+    every node shares at the same path — and returns the metrics. The driver writes each
+    row as its result arrives: ``done`` with the metrics, or ``failed`` with the run's
+    one-line error; a failing run stops no other. An interrupted sweep marks its unfinished
+    runs failed (``interrupted``); rerunning it reuses the finished runs and resumes the
+    started ones from their checkpoints.
+
+    Resources per run: :func:`sweep_resources`. A corruption baseline that names another
+    config of the sweep is looked up once that run is stored (whatever its place in the
+    list). Each config gives the same numbers as in this process (same seeds, one thread).
+    """
+    import contextlib
+
+    from robustlab.experiments.backends import Backend, get_backend
+
+    configs = list(configs)
+    for cfg in configs:
+        validate_config(cfg)
+    n = len(configs)
+    ids = [cfg.hash() for cfg in configs]
+    labels = [cfg.label() for cfg in configs]
+    records: list[RunRecord | None] = [None] * n
+    todo: list[int] = []  # first index of each run id still to compute
+    first: dict[str, int] = {}
+
+    def stored(i: int, rec: RunRecord) -> None:
+        records[i] = rec
         if on_run is not None:
-            on_run(i, len(configs), cfg, rec)
-    return out
+            on_run(i, n, configs[i], rec)
+
+    for i, rid in enumerate(ids):
+        if rid in first:
+            continue
+        first[rid] = i
+        existing = store.get(rid)
+        if existing is not None and existing.status == "done" and not force:
+            existing.reused = True
+            stored(i, existing)
+        else:
+            todo.append(i)
+    if todo:
+        store._check_writable()
+        own = isinstance(backend, str)
+        runner: Backend = (get_backend(backend, workers=workers, ray_address=ray_address,
+                                       threads_per_worker=threads_per_worker) if isinstance(backend, str) else backend)
+        try:
+            with contextlib.ExitStack() as locks:
+                _sweep(configs, store, suite, force, progress, runner, todo, ids, labels, stored, locks)
+        finally:
+            if own:
+                runner.close()
+    for i, rid in enumerate(ids):  # a config listed twice: the later ones reuse the first's run
+        if records[i] is None:
+            rec = store.get(rid)
+            assert rec is not None
+            rec.reused = rec.status == "done"
+            stored(i, rec)
+    return [r for r in records if r is not None]
+
+
+def _sweep(configs: list[ExperimentConfig], store: ResultsStore, suite: str | None, force: bool,
+           progress: bool | None, runner: Any, todo: list[int], ids: list[str], labels: list[str],
+           stored: Callable[[int, RunRecord], None], locks: Any) -> None:
+    """The driver's part of :func:`run_sweep` for the runs in ``todo``."""
+    sent: list[int] = []
+    for i in todo:
+        rid, art = ids[i], store.root / "artifacts" / ids[i]
+
+        def waiting(i: int = i) -> None:
+            progress_log.info("run %s (%s): another process is running this config; waiting for it",
+                              ids[i][:10], labels[i])
+
+        locks.enter_context(run_lock(art, on_wait=waiting))
+        existing = store.get(rid)
+        if existing is not None and existing.status == "done" and not force:
+            existing.reused = True
+            stored(i, existing)
+            continue
+        if force and (art / "train" / "last.pt").exists():
+            (art / "train" / "last.pt").unlink()
+        store.start(rid, labels[i], configs[i].to_dict(), suite=suite, versions=package_versions(),
+                    git_sha=git_sha(), force=True)
+        sent.append(i)
+    if not sent:
+        return
+    threads = getattr(runner, "threads_per_worker", 1)
+    tasks = [{"config": configs[i].to_dict(), "run_id": ids[i], "name": labels[i], "progress": progress,
+              "artifacts": str((store.root / "artifacts" / ids[i]).resolve())} for i in sent]
+    resources = [sweep_resources(configs[i], threads) for i in sent]
+    progress_log.info("sweep: %d run%s on %s", len(sent), "s" * (len(sent) != 1), runner.describe())
+    waits = {i: j for i in sent if (j := _baseline_of(i, configs[i], ids, labels)) is not None and j in sent}
+    resolved: set[int] = set()
+    held: dict[int, dict[str, Any]] = {}
+
+    def write(i: int, out: dict[str, Any]) -> None:
+        metrics = out["metrics"]
+        _corruption_baseline(store, configs[i], ids[i], metrics)
+        store.finish(ids[i], _jsonable(metrics), float(out["seconds"]))
+        settle(i)
+
+    def settle(i: int) -> None:
+        resolved.add(i)
+        rec = store.get(ids[i])
+        assert rec is not None
+        stored(i, rec)
+        for k in [k for k, j in waits.items() if j == i and k in held]:
+            write(k, held.pop(k))
+
+    try:
+        for t, out in runner.run(_sweep_task, tasks, resources=resources):
+            i = sent[t]
+            if isinstance(out, BaseException):
+                progress_log.warning("run %s (%s) failed: %s: %s", ids[i][:10], labels[i], type(out).__name__,
+                                     str(out).strip().splitlines()[0] if str(out).strip() else "")
+                store.fail(ids[i], _error_text(out))
+                settle(i)
+            elif i in waits and waits[i] not in resolved:
+                held[i] = out  # its corruption baseline is another run of this sweep, not stored yet
+            else:
+                write(i, out)
+    except BaseException as exc:
+        for i in sent:
+            if i not in resolved:
+                store.fail(ids[i], _error_text(exc))
+        raise
+    for i in list(held):  # a baseline that never came back (cannot happen: every task yields)
+        write(i, held.pop(i))
+
+
+def sweep_failures(records: Sequence[RunRecord]) -> SweepError | None:
+    """The error that says which runs of a sweep failed (None when none did)."""
+    failed = [r for r in records if r.status != "done"]
+    if not failed:
+        return None
+    parts = [f"{r.name} ({r.id[:10]}): {(r.error or r.status).strip().splitlines()[0]}" for r in failed]
+    return SweepError(
+        f"{len(failed)} of {len(records)} runs failed: {'; '.join(parts)}. Fix them and rerun the same command "
+        f"(finished runs are reused, started ones resume from their checkpoints)."
+    )

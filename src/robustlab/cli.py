@@ -64,8 +64,22 @@ def _setup_logging(quiet: bool) -> None:
     tty = sys.stderr.isatty()
     handler.setFormatter(logging.Formatter("%(message)s" if tty else "%(asctime)s %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # under torchrun only rank 0 reports progress; the other ranks say only what went wrong
+    logger.setLevel(logging.WARNING if quiet or not _rank0() else logging.INFO)
     logger.propagate = False
+    if not _rank0():
+        logging.getLogger("robustlab.progress").setLevel(logging.WARNING)
+
+
+def _rank0() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (always outside one). Read from
+    torchrun's ``RANK`` directly, so the CLI's import path never imports torch; a value that
+    is not an integer counts as rank 0 (the run itself then refuses it with a clear error)."""
+    raw = os.environ.get("RANK", "").strip()
+    try:
+        return int(raw) == 0 if raw else True
+    except ValueError:
+        return True
 
 ResultsOpt = typer.Option(None, "--results", "-r", help="Results folder (default: $ROBUSTLAB_RESULTS or ./robustlab-results).")
 # options shared by the commands that evaluate saved weights (evaluate, attack, certify)
@@ -78,6 +92,9 @@ ChunkOpt = typer.Option(None, "--chunk-size", help="Evaluate in fixed chunks of 
 BackendOpt = typer.Option("local", "--backend", help="Where chunks run (with --chunk-size): local (this process), pool (spawned processes), ray (pip install \"robustlab[ray]\"). Same numbers on each.")
 WorkersOpt = typer.Option(None, "--workers", help="Processes of --backend pool (default: the cores), or CPUs of a local Ray cluster.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="A running Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local cluster).")
+# a suite's configs as tasks (bench, run): one run per task, the rows written by this process
+SweepBackendOpt = typer.Option("local", "--backend", help="Where a suite's runs go: local (one after another here), pool (spawned processes), ray (pip install \"robustlab[ray]\"; the results folder on a shared file system). One run per task; a failed run stops no other.")
+SweepWorkersOpt = typer.Option(None, "--workers", help="Runs at once with --backend pool (default: the cores), or CPUs of a local Ray cluster.")
 
 
 def _store(results: Optional[Path]) -> Any:
@@ -107,7 +124,10 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 
 def _out(text: str) -> None:
-    """Plain text to stdout (no markup, no wrapping by rich)."""
+    """Plain text to stdout (no markup, no wrapping by rich); nothing on a torchrun rank > 0,
+    so a data-parallel run prints its results once."""
+    if not _rank0():
+        return
     sys.stdout.write(text.rstrip("\n") + "\n")
     sys.stdout.flush()
 
@@ -156,6 +176,9 @@ def bench(
     overrides: list[str] = typer.Argument(None, help="key=value overrides applied to every run, e.g. train.epochs=5"),
     force: bool = typer.Option(False, "--force", help="Re-run finished configs."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report path (default: <results>/report.html)."),
+    backend: str = SweepBackendOpt,
+    workers: Optional[int] = SweepWorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Run the default benchmark suite on the embedded digits data and write the report."""
     import time
@@ -168,7 +191,7 @@ def bench(
     n = len(s.expand(overrides or []))
     _out(f"robustlab bench: suite {s.suite!r}, {n} runs, results in {store.root}")
     t0 = time.perf_counter()
-    records = _run_suite(s, store, overrides or [], force)
+    records = _run_suite(s, store, overrides or [], force, backend, workers, ray_address)
     rows = [r.to_dict() for r in records]
     _print_table(rows, title=f"suite {s.suite}")
     _print_training_flags(records)
@@ -176,15 +199,32 @@ def bench(
     reused = sum(bool(getattr(r, "reused", False)) for r in records)
     _out(f"wall time {time.perf_counter() - t0:.1f} s ({n - reused} runs computed, {reused} reused from the store)")
     _out(f"report: {out.resolve()}")
+    _raise_failures(records)
 
 
-def _run_suite(s: Any, store: Any, overrides: list[str], force: bool) -> list[Any]:
+def _run_suite(s: Any, store: Any, overrides: list[str], force: bool, backend: str = "local",
+               workers: Optional[int] = None, ray_address: Optional[str] = None) -> list[Any]:
     from robustlab.experiments import run_suite
+
+    if workers is not None and workers < 1:
+        from robustlab.errors import ConfigError
+
+        raise ConfigError(f"--workers must be a positive integer, got {workers}.")
 
     def on_run(i: int, total: int, cfg: Any, rec: Any) -> None:
         _out(_run_line(i, total, rec))
 
-    return list(run_suite(s, store, overrides=overrides, force=force, on_run=on_run))
+    return list(run_suite(s, store, overrides=overrides, force=force, on_run=on_run, backend=backend,
+                          workers=workers, ray_address=ray_address))
+
+
+def _raise_failures(records: list[Any]) -> None:
+    """After a sweep's output: exit 2 naming the runs that failed (a local suite raises at the first)."""
+    from robustlab.experiments.runner import sweep_failures
+
+    err = sweep_failures(records)
+    if err is not None:
+        raise err
 
 
 def _print_training_flags(records: list[Any]) -> None:
@@ -220,17 +260,21 @@ def run(
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. noise.rate=0.4 train.epochs=10"),
     results: Optional[Path] = ResultsOpt,
     force: bool = typer.Option(False, "--force", help="Re-run even if this config already finished."),
+    backend: str = SweepBackendOpt,
+    workers: Optional[int] = SweepWorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Run one experiment (or a suite) from a YAML config; finished configs are reused."""
     from robustlab.experiments import load_suite
 
     s = load_suite(config)
     store = _store(results)
-    records = _run_suite(s, store, overrides or [], force)
+    records = _run_suite(s, store, overrides or [], force, backend, workers, ray_address)
     _print_table([r.to_dict() for r in records])
     _print_training_flags(records)
     for r in records:
         _out(f"run {r.id[:10]} {r.status}: artifacts in {store.root / 'artifacts' / r.id}")
+    _raise_failures(records)
 
 
 @app.command()
@@ -810,11 +854,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a RobustlabError is one clear line on stderr and exit code 2; usage
     errors exit 2 with click's message; Ctrl-C says how to resume and exits 130."""
     logger = logging.getLogger("robustlab")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    progress = logging.getLogger("robustlab.progress")
+    saved = (list(logger.handlers), logger.level, logger.propagate, progress.level)
     try:
         return _main(argv)
     finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
-        logger.handlers[:], logger.level, logger.propagate = saved
+        logger.handlers[:], logger.level, logger.propagate = saved[:3]
+        progress.setLevel(saved[3])
 
 
 def _main(argv: list[str] | None) -> int:

@@ -5,7 +5,9 @@ each config gives the same numbers as in this process."""
 import os
 
 import pytest
+import yaml
 
+from robustlab.cli import main
 from robustlab.experiments import ResultsStore, make_config, run_experiment
 from robustlab.experiments.backends import get_backend
 from robustlab.experiments.config import Suite
@@ -75,15 +77,25 @@ def _check_sweep(store, records, local_metrics, calls):
     assert isinstance(err, SweepError) and "1 of 3 runs failed: bad (" in str(err)
 
 
-def test_pool_sweep_records_the_failure_matches_local_and_reruns_nothing(tmp_path, local_metrics, pool):
+def test_pool_sweep_records_the_failure_matches_local_and_reruns_nothing(tmp_path, local_metrics, pool, capsys):
     store = ResultsStore(tmp_path)
     calls = []
     records = run_suite(SUITE, store, backend=pool, progress=False,
                         on_run=lambda i, n, cfg, rec: calls.append(i))
     _check_sweep(store, records, local_metrics, calls)
     first = {r.id: (r.attempts, r.finished_at) for r in records}
-    again = run_suite(SUITE, store, backend=pool, progress=False)
-    assert [r.reused for r in again] == [True, False, True]
+    # the command line: the same printing as a local run, then exit 2 naming the failed run
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(SUITE.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["-q", "run", str(path), "--results", str(tmp_path), "--backend", "pool", "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == "[1/3] a: clean accuracy " + f"{100 * records[0].metrics['clean_accuracy']:.1f}% (stored, 0.0 s)"
+    assert any(ln.startswith(f"run {records[1].id[:10]} failed: artifacts in") for ln in lines)
+    assert err.splitlines()[-1].startswith("error: 1 of 3 runs failed: bad (")
+    assert "ConfigError: mlp hidden" in err and "got [0]. Fix them and rerun" in err
+    again = [store.get(r.id) for r in records]
     assert {r.id: (r.attempts, r.finished_at) for r in again if r.status == "done"} == {
         r.id: first[r.id] for r in records if r.status == "done"}  # finished configs computed nothing
     assert again[1].status == "failed" and again[1].attempts == 2  # the failed one was tried again

@@ -619,6 +619,10 @@ def run_suite(
     (:func:`run_experiment`); the first failing run raises. ``"pool"`` / ``"ray"`` (or a
     :class:`~robustlab.experiments.backends.Backend`): a sweep, see :func:`run_sweep`.
     """
+    from robustlab.experiments.backends import BACKENDS
+
+    if isinstance(backend, str) and backend.strip().lower() not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     configs = suite.expand(overrides)
     if isinstance(backend, str) and backend.strip().lower() == "local":
         if workers is not None or ray_address is not None:
@@ -845,7 +849,7 @@ def sweep_failures(records: Sequence[RunRecord]) -> SweepError | None:
     failed = [r for r in records if r.status != "done"]
     if not failed:
         return None
-    parts = [f"{r.name} ({r.id[:10]}): {(r.error or r.status).strip().splitlines()[0]}" for r in failed]
+    parts = [f"{r.name} ({r.id[:10]}): {(r.error or r.status).strip().splitlines()[0].rstrip('.')}" for r in failed]
     return SweepError(
         f"{len(failed)} of {len(records)} runs failed: {'; '.join(parts)}. Fix them and rerun the same command "
         f"(finished runs are reused, started ones resume from their checkpoints)."

@@ -707,6 +707,68 @@ def detect(
     _out(detection_text([rec.to_dict()], width=_width()))
 
 
+def _named_weights(values: list[str], option: str) -> dict[str, list[str]]:
+    """``["erm=a.safetensors", "ens=b.safetensors,c.safetensors", "d.safetensors"]`` ->
+    ``{"erm": ["a..."], "ens": ["b...", "c..."], "d": ["d..."]}`` (a name defaults to the file's stem)."""
+    from robustlab.errors import ConfigError
+
+    out: dict[str, list[str]] = {}
+    for v in values:
+        name, sep, paths = v.partition("=")
+        if not sep:
+            name, paths = Path(v).stem, v
+        files = [p for p in paths.split(",") if p]
+        if not name or not files:
+            raise ConfigError(f"{option} takes NAME=WEIGHTS (or NAME=W1,W2 for an ensemble of surrogates), got {v!r}.")
+        if name in out:
+            raise ConfigError(f"{option} names {name!r} twice; give each model its own name.")
+        out[name] = files
+    return out
+
+
+@app.command()
+def transfer(
+    source: list[str] = typer.Option(..., help="A source model the attack is crafted on: NAME=WEIGHTS, or NAME=W1,W2 for an ensemble of surrogates; repeat the option."),
+    target: list[str] = typer.Option(..., help="A target model the examples are scored on: NAME=WEIGHTS; repeat the option."),
+    data: str = typer.Option("digits", help="Dataset name (robustlab ls datasets)."),
+    split: str = typer.Option("test"),
+    root: Optional[str] = RootOpt,
+    attack: str = typer.Option("mi-fgsm", help="A transfer attack: mi-fgsm (Dong et al. 2018) or cwa (Chen et al., the common weakness attack); any attack of robustlab ls attacks for a single source."),
+    norm: str = typer.Option("linf"),
+    eps: str = typer.Option("0.1", help="Budget; fractions like 16/255 work."),
+    steps: Optional[int] = typer.Option(None, help="Attack iterations (default: the attack's own, 10)."),
+    diversity_prob: Optional[float] = typer.Option(None, help="mi-fgsm/cwa: input diversity (Xie et al. 2019) probability, e.g. 0.5."),
+    subset: Optional[int] = typer.Option(None, help="Attack N points of a fixed seeded permutation (default: all)."),
+    factory: Optional[str] = FactoryOpt,
+    results: Optional[Path] = ResultsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-run a transfer evaluation that is already stored."),
+    seed: int = typer.Option(0),
+) -> None:
+    """The source x target transfer-success matrix: examples crafted on each source (or ensemble of surrogates) scored on every target, beside each target's white-box success; flags a transfer attack stronger than the white-box one. Stored as a run in suite 'evaluations'; the report shows the matrix."""
+    from robustlab.experiments.transfer import transfer_weights
+    from robustlab.report.transfer import transfer_text
+    from robustlab.validation import check_int
+
+    params: dict[str, Any] = {}
+    if steps is not None:
+        params["steps"] = check_int(steps, "--steps", minimum=1)
+    if diversity_prob is not None:
+        params["diversity_prob"] = diversity_prob
+    srcs = {k: (v[0] if len(v) == 1 else v) for k, v in _named_weights(source, "--source").items()}
+    tgts_many = _named_weights(target, "--target")
+    bad = [k for k, v in tgts_many.items() if len(v) > 1]
+    if bad:
+        from robustlab.errors import ConfigError
+
+        raise ConfigError(f"a target is one model; --target {bad[0]}= lists {len(tgts_many[bad[0]])} files.")
+    tgts = {k: v[0] for k, v in tgts_many.items()}
+    rec, _ = transfer_weights(srcs, tgts, _store(results), data=data, split=split, root=root, attack=attack,
+                              norm=norm, eps=eps, subset=_check_subset(subset), attack_params=params,
+                              factory=_factory(factory), seed=seed, force=force)
+    _out(f"{data} {split}; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(transfer_text((rec.metrics or {})["transfer"]))
+
+
 _FAMILIES = ("datasets", "models", "losses", "attacks", "certifiers", "corruptions", "detectors", "objectives",
              "noise", "schedules")
 

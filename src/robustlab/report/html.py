@@ -41,6 +41,7 @@ from robustlab.report import detection as det
 from robustlab.report._io import utc_now, write_text_atomic
 from robustlab.report.certificates import CertificateView, certificate_views, explanation
 from robustlab.report.table import (
+    SHORT_ID,
     Run,
     eps_text,
     format_value,
@@ -385,7 +386,24 @@ def _section(index: int, suite: str | None, members: list[Run], multi: bool) -> 
         "corruptions": _corruptions(corr.corruption_views(members), suffix),
         "detect": _detections(det.detection_views(members), suffix),
         "calibration": _calibration(calib.calibration_views(members), suffix),
+        "transfer": _transfers(members, suffix),
     }
+
+
+def _transfers(members: Sequence[Run], suffix: str) -> list[dict[str, Any]]:
+    """The stored transfer matrices of ``members`` (``metrics["transfer"]``, written by
+    ``robustlab transfer``) as escaped HTML fragments, one per run."""
+    from markupsafe import Markup
+
+    from robustlab.report.transfer import transfer_html
+
+    out = []
+    for i, r in enumerate(members):
+        matrix = (r.row.get("metrics") or {}).get("transfer")
+        if isinstance(matrix, dict):
+            out.append({"id": f"transfer{suffix}-{i + 1}", "run": r.label, "run_id": r.id[:SHORT_ID],
+                        "html": Markup(transfer_html(matrix))})  # every text escaped by transfer_html
+    return out
 
 
 def render_report(rows: Sequence[Any], *, title: str = "robustlab report", notes: Iterable[str] = ()) -> str:

@@ -144,16 +144,26 @@ def test_resources_follow_the_config():
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'robustlab[ray]'")
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
+    saved = dict(os.environ)  # ray.init sets variables (auth mode, ...) that would mislead a later cluster
     os.environ["HOME"] = str(home)  # Ray writes to ~; never its sockets under pytest's long tmp_path
-    temp = f"/tmp/rl-ray-{os.getpid() % 100000}"
+    if "RAY_AUTH_MODE" in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        # another module's cluster ran in this process, which keeps its token: point to it
+        tokens = sorted(tmp_path_factory.getbasetemp().glob("*/.ray/auth_token"), key=lambda p: p.stat().st_mtime)
+        if tokens:
+            os.environ["RAY_AUTH_TOKEN_PATH"] = str(tokens[-1])
+    temp = f"/tmp/rl-rs-{os.getpid() % 100000}"  # not the folder of another module's cluster in this process
     ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
         ray.shutdown()
-        if old is not None:
-            os.environ["HOME"] = old
+        os.environ.clear()
+        os.environ.update(saved)
+        token = home / ".ray" / "auth_token"
+        if token.is_file() and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+            # this process keeps token authentication on after ray.init; a later cluster started
+            # from it (another module's, with another HOME) finds the token only through this
+            os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
 
 
 def test_ray_sweep_gives_the_same_rows(ray_cluster, tmp_path, local_metrics):

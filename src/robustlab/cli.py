@@ -89,11 +89,11 @@ EvalDeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda w
 FactoryOpt = typer.Option(None, help="module:function building your model for these weights.")
 # sharded evaluation (evaluate, attack, certify, corrupt): chunk size is part of the stored key, the backend is not
 ChunkOpt = typer.Option(None, "--chunk-size", help="Evaluate in fixed chunks of N points, each seeded by (seed, chunk id); a multiple of the batch size. Part of the stored settings; an interrupted run redoes only missing chunks.")
-BackendOpt = typer.Option("local", "--backend", help="Where chunks run (with --chunk-size): local (this process), pool (spawned processes), ray (pip install \"robustlab[ray]\"). Same numbers on each.")
+BackendOpt = typer.Option("local", "--backend", help="Where chunks run (with --chunk-size): local (this process), pool (spawned processes), ray (pip install \"robustlab\\[ray]\"). Same numbers on each.")
 WorkersOpt = typer.Option(None, "--workers", help="Processes of --backend pool (default: the cores), or CPUs of a local Ray cluster.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="A running Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local cluster).")
 # a suite's configs as tasks (bench, run): one run per task, the rows written by this process
-SweepBackendOpt = typer.Option("local", "--backend", help="Where a suite's runs go: local (one after another here), pool (spawned processes), ray (pip install \"robustlab[ray]\"; the results folder on a shared file system). One run per task; a failed run stops no other.")
+SweepBackendOpt = typer.Option("local", "--backend", help="Where a suite's runs go: local (one after another here), pool (spawned processes), ray (pip install \"robustlab\\[ray]\"; the results folder on a shared file system). One run per task; a failed run stops no other.")
 SweepWorkersOpt = typer.Option(None, "--workers", help="Runs at once with --backend pool (default: the cores), or CPUs of a local Ray cluster.")
 
 

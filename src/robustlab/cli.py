@@ -446,6 +446,19 @@ def _pct0(v: float | None) -> str:
     return "\u2014" if v is None else f"{100 * v:.0f}%"
 
 
+def _stored_evaluation_header(rec: Any, data: str, split: str, clean: str = "clean accuracy",
+                              note: str = "") -> list[dict[str, Any]]:
+    """Print the first two lines every stored evaluation of weights starts with (points,
+    clean accuracy, run id, where the weights came from); returns the stored rows."""
+    met = rec.metrics
+    rows: list[dict[str, Any]] = met["robust"]
+    npts = rows[0]["num_points"] if rows else met["num_test"]
+    _out(f"{data} {split}: {npts} of {met['num_test']} points, {clean} {100 * met['clean_accuracy']:.2f}%; "
+         f"{note}run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
+    _out(_provenance_line(met.get("provenance")))
+    return rows
+
+
 def _provenance_line(p: dict[str, Any] | None) -> str:
     if not p:
         return "weights: unknown origin"
@@ -595,12 +608,7 @@ def certify(
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
                               batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force,
                               **_sharding(chunk_size, backend, workers, ray_address))
-    met = rec.metrics
-    rows = met["robust"]
-    npts = rows[0]["num_points"] if rows else met["num_test"]
-    _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy (base model) "
-         f"{100 * met['clean_accuracy']:.2f}%; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
-    _out(_provenance_line(met.get("provenance")))
+    rows = _stored_evaluation_header(rec, data, split, "clean accuracy (base model)")
     _out(certificate_text([rec.to_dict()], width=_width()))
     _print_flags([f for r in rows for f in r.get("flags", [])])
 
@@ -636,12 +644,7 @@ def corrupt(
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
                               batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force,
                               corruption_baseline=baseline, **_sharding(chunk_size, backend, workers, ray_address))
-    met = rec.metrics
-    rows = met["robust"]
-    npts = rows[0]["num_points"] if rows else met["num_test"]
-    _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy {100 * met['clean_accuracy']:.2f}%; "
-         f"run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
-    _out(_provenance_line(met.get("provenance")))
+    _stored_evaluation_header(rec, data, split)
     _out(corruption_text([rec.to_dict()], width=_width()))
 
 
@@ -698,12 +701,7 @@ def detect(
         ms += [Measurement(m, sh, levels, dict(extra), sub, False, kind="detect") for m in names]
     rec, _ = evaluate_weights(model, _store(results), data=data, split=split, root=root, measurements=ms,
                               batch_size=bs, device=device, factory=_factory(factory), seed=seed, force=force)
-    met = rec.metrics
-    rows = met["robust"]
-    npts = rows[0]["num_points"] if rows else met["num_test"]
-    _out(f"{data} {split}: {npts} of {met['num_test']} points, clean accuracy {100 * met['clean_accuracy']:.2f}%; "
-         f"detectors fitted on the train split; run {rec.id[:10]}{' (stored, 0.0 s)' if rec.reused else ''}")
-    _out(_provenance_line(met.get("provenance")))
+    _stored_evaluation_header(rec, data, split, note="detectors fitted on the train split; ")
     _out(detection_text([rec.to_dict()], width=_width()))
 
 

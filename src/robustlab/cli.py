@@ -20,7 +20,9 @@ app = typer.Typer(
     name="robustlab",
     help=(
         "Train and evaluate the robustness of PyTorch classifiers: label noise, adversarial "
-        "attacks and training, certified robustness (randomized smoothing). Results go to a SQLite store (default ./robustlab-results, "
+        "attacks, transfer attacks and defenses, certified robustness (randomized smoothing, bound propagation), "
+        "corruptions, OOD/adversarial detectors; sharded on a process pool or Ray. Results go to a SQLite store "
+        "(default ./robustlab-results, "
         "or $ROBUSTLAB_RESULTS) and an offline HTML report. Start with `robustlab bench`, "
         "or `robustlab init my.yaml` and `robustlab run my.yaml`."
     ),

@@ -100,12 +100,13 @@ def _diagram(title: str, d: Any, ece: float | None, note: str = "") -> Diagram |
 
 
 def ece_of(d: Diagram) -> float | None:
-    """Expected calibration error of a diagram (Guo et al. 2017, Eq. (3)), pure Python."""
-    n = sum(d.count)
-    if n == 0:
+    """Expected calibration error of a diagram (:func:`robustlab.evaluate.metrics.ece_of`,
+    Guo et al. 2017, Eq. (3)); None for a diagram without points."""
+    if sum(d.count) == 0:
         return None
-    return sum(c / n * abs(a - f) for c, a, f in zip(d.count, d.accuracy, d.confidence)
-               if c and a is not None and f is not None)
+    from robustlab.evaluate.metrics import ece_of as diagram_ece
+
+    return diagram_ece({"count": list(d.count), "accuracy": list(d.accuracy), "confidence": list(d.confidence)})
 
 
 def pool(title: str, diagrams: Sequence[Diagram], note: str = "") -> Diagram | None:

@@ -179,10 +179,11 @@ def corruption_view(run: Run) -> CorruptionView | None:
     if "mean_accuracy" in summary or "mean_accuracy_measured" in summary:
         mean_accuracy = _num(summary.get("mean_accuracy"))
         mean_measured = _num(summary.get("mean_accuracy_measured"))
-    else:
-        mean_measured = _mean([v for c in names for v in accuracy[c].values()])
-        mean_accuracy = (_mean([accuracy[c][s] for c in common for s in severities])
-                         if measured_common == len(common) * len(severities) else None)
+    else:  # rows stored without the run-level summary: the same summary, computed from them
+        from robustlab.evaluate.corruption import corruption_summary
+
+        computed = corruption_summary(run.corruptions)
+        mean_measured, mean_accuracy = computed["mean_accuracy_measured"], computed["mean_accuracy"]
     clean = _num(summary.get("clean_accuracy"))
     nums = [ev.num_points for ev in run.corruptions if ev.num_points is not None]
     return CorruptionView(

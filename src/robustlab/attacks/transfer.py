@@ -388,7 +388,7 @@ class MIFGSM(_TransferAttack):
             for _ in range(self.steps):
                 grad = crafter.grad(xa, y, target)
                 g = self.mu * g + _l1_normalise(grad)
-                step = g.sign() if threat.norm == "linf" else _l2_normalise(g)
+                step = threat.ascent_direction(g)
                 xa = threat.project(xa + alpha * step, x, ctx.bounds)
         crafter.record()
         return xa
@@ -513,14 +513,14 @@ class CWA(_TransferAttack):
                 xi = xt
                 if r > 0:  # 1. reverse step on the summed logits (not projected, as the official code)
                     g = crafter.grad(xi, y, target, combine="sum", diverse=False)
-                    xi = xi - r * (g.sign() if threat.norm == "linf" else _l2_normalise(g))
+                    xi = xi - r * threat.ascent_direction(g)
                 for j in range(k):  # 2. one momentum step per surrogate
                     g = crafter.grad(xi, y, target, [j])
                     m_in = inner_mu * m_in + _l2_normalise(g)
                     xi = threat.project(xi + beta * m_in, x, ctx.bounds)
                 # 3. outer momentum on the displacement of the inner steps
                 m_out = self.mu * m_out + _l1_normalise(xi - xt)
-                step = m_out.sign() if threat.norm == "linf" else _l2_normalise(m_out)
+                step = threat.ascent_direction(m_out)
                 xt = threat.project(xt + alpha * step, x, ctx.bounds)
         crafter.record()
         return xt
